@@ -1,0 +1,59 @@
+# The two set-up commands of the README are `make run` and `make test`;
+# both work on a bare machine (they create the virtualenv and build the model).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL_DIR ?= model/default
+PORT ?= 8000
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help venv venv-dev model run test test-quick lint format e2e bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.runtime ## create the virtualenv with the pinned runtime requirements
+venv-dev: $(VENV)/.dev ## add test and lint tools
+
+model: $(VENV)/.runtime ## build (or reuse from cache) the default model into model/default
+	$(PY) -m model.build --out $(MODEL_DIR)
+
+run: venv model ## serve the default model on port $(PORT)
+	MODEL_PATH=$(MODEL_DIR) PORT=$(PORT) $(PY) -m app
+
+lint: venv-dev ## ruff and mypy
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy app model bench tests
+
+format: venv-dev
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+test-quick: venv-dev ## unit tests only (tiny random model, seconds)
+	$(PY) -m pytest -m "not integration and not e2e"
+
+test: venv-dev model lint ## everything: lint, unit, integration over real HTTP, container stack
+	MODEL_PATH=$(MODEL_DIR) $(PY) -m pytest -m "not e2e"
+	$(MAKE) e2e
+
+e2e: venv-dev model ## the Docker Compose stack behind Nginx, on a real Docker engine
+	bash deploy/ci/e2e.sh
+
+bench: venv-dev model ## benchmark sweep against a local server (see BENCHMARKS.md)
+	MODEL_PATH=$(MODEL_DIR) $(PY) -m bench run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
