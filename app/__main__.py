@@ -1,0 +1,101 @@
+"""`python -m app`: validate settings, then serve with one process and a graceful drain."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from types import FrameType
+
+import uvicorn
+from pydantic import ValidationError
+
+from app.config import Settings, describe_error
+from app.lifecycle import Lifecycle
+from app.logging_config import configure_logging
+
+logger = logging.getLogger("app")
+
+EXIT_BAD_SETTINGS = 2
+EXIT_MODEL_FAILED = 3
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM: readiness turns 503 at once, in-flight requests finish, then uvicorn stops.
+
+    uvicorn alone would close the listener straight away; a load balancer still sending
+    traffic would see refused connections instead of a clean 503 it can retry elsewhere.
+    """
+
+    def __init__(self, config: uvicorn.Config, grace_s: float, lifecycle: Lifecycle) -> None:
+        super().__init__(config)
+        self.grace_s = grace_s
+        self.lifecycle = lifecycle
+        self.exit_code = 0
+        self._drain_since: float | None = None
+
+    def fail(self, reason: str) -> None:
+        self.exit_code = EXIT_MODEL_FAILED
+        self.should_exit = True
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_since is not None:
+            self.should_exit = True
+            self.force_exit = self._drain_since is not None
+            return
+        logger.info("signal %d: draining (grace %.0f s)", sig, self.grace_s)
+        self._drain_since = time.monotonic()
+        self.lifecycle.begin_drain()
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_since is not None and not self.should_exit:
+            waited = time.monotonic() - self._drain_since
+            if self.lifecycle.in_flight == 0 or waited >= self.grace_s:
+                if self.lifecycle.in_flight:
+                    logger.warning("grace period over with %d requests", self.lifecycle.in_flight)
+                self.should_exit = True
+                self.config.timeout_graceful_shutdown = max(1, int(self.grace_s - waited) + 1)
+        return await super().on_tick(counter)
+
+
+def main() -> int:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"error: invalid settings: {describe_error(exc)}", file=sys.stderr)  # noqa: T201
+        return EXIT_BAD_SETTINGS
+    configure_logging(settings.log_level, settings.log_json)
+
+    from app.main import create_app  # torch and transformers load here, after the checks
+
+    servers: list[DrainingServer] = []
+    app = create_app(settings, on_fatal=lambda reason: servers[0].fail(reason))
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_keep_alive=settings.keep_alive_s,
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
+    )
+    server = DrainingServer(config, settings.graceful_timeout_s, app.state.lifecycle)
+    servers.append(server)
+    server.run()
+    return server.exit_code
+
+
+if __name__ == "__main__":
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip joining worker threads: a hung forward pass must not keep a stopped server alive.
+    os._exit(code)

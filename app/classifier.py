@@ -1,0 +1,203 @@
+"""The Hugging Face sequence classifier: load, tokenize, forward. Knows nothing about HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from app.config import Settings
+from app.scoring import Activation, FloatArray, activate, activation_for
+
+logger = logging.getLogger(__name__)
+
+_SANE_MAX_LENGTH = 100_000  # tokenizers without a limit report ~1e30
+
+
+class ModelLoadError(Exception):
+    """The model folder cannot be served; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenized text, already cut to the model's limit when truncation was asked for."""
+
+    ids: list[int]
+    num_tokens: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    path: str
+    folder_sha256: str
+    revision: str | None
+    architecture: str
+    labels: list[str]
+    problem_type: str
+    activation: Activation
+    max_length: int
+    device: str
+    dtype: str
+    parameters: int
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ModelLoadError("DEVICE=cuda but no CUDA device is visible to torch")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    dtype: torch.dtype = getattr(torch, requested)
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ModelLoadError("DTYPE=float16 is not supported on CPU; use float32 or bfloat16")
+    return dtype
+
+
+def folder_digest(path: Path) -> str:
+    """sha256 over the names and bytes of the folder's files: identifies what is served."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.is_file()):
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _revision(path: Path) -> str | None:
+    info = path / "build_info.json"
+    if not info.is_file():
+        return None
+    try:
+        data = json.loads(info.read_text())
+    except (OSError, ValueError):
+        return None
+    value = data.get("cache_key") if isinstance(data, dict) else None
+    return str(value) if value else None
+
+
+class HFClassifier:
+    """A `save_pretrained` classifier on one device, used from one thread at a time."""
+
+    def __init__(self, settings: Settings) -> None:
+        path = settings.model_path
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        try:
+            self._tokenizer: Any = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model: Any = AutoModelForSequenceClassification.from_pretrained(
+                path, local_files_only=True, dtype=self.dtype
+            )
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"cannot load the model from MODEL_PATH={path}: {detail}") from exc
+        self._model = model.to(self.device).eval()
+        config = self._model.config
+        id2label = {int(k): str(v) for k, v in config.id2label.items()}
+        self.labels = [id2label.get(i, f"LABEL_{i}") for i in range(config.num_labels)]
+        self.problem_type = config.problem_type or (
+            "single_label_classification" if config.num_labels > 1 else "regression"
+        )
+        self.activation = activation_for(config.problem_type, config.num_labels)
+        self.max_length = self._max_length(settings.max_length)
+        pad_id = self._tokenizer.pad_token_id
+        self._pad_id = int(pad_id) if pad_id is not None else 0
+        self.info = ModelInfo(
+            name=settings.display_name,
+            path=str(path),
+            folder_sha256=folder_digest(path),
+            revision=_revision(path),
+            architecture=(config.architectures or [type(model).__name__])[0],
+            labels=self.labels,
+            problem_type=self.problem_type,
+            activation=self.activation,
+            max_length=self.max_length,
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            parameters=sum(p.numel() for p in self._model.parameters()),
+        )
+
+    def _max_length(self, requested: int | None) -> int:
+        limits = [int(self._tokenizer.model_max_length)]
+        positions = getattr(self._model.config, "max_position_embeddings", None)
+        if isinstance(positions, int):
+            limits.append(positions)
+        model_limit = min(x for x in limits if x < _SANE_MAX_LENGTH) if limits else 512
+        if requested is None:
+            return model_limit
+        if requested > model_limit:
+            raise ModelLoadError(f"MAX_LENGTH={requested} exceeds the model's limit {model_limit}")
+        return requested
+
+    def tokenize(self, texts: Sequence[str], truncate: bool) -> list[Encoded]:
+        """Token ids with special tokens; the full count is kept to report truncation."""
+        full: list[list[int]] = self._tokenizer(
+            list(texts), truncation=False, return_attention_mask=False, verbose=False
+        )["input_ids"]
+        too_long = [i for i, ids in enumerate(full) if len(ids) > self.max_length]
+        cut: dict[int, list[int]] = {}
+        if truncate and too_long:
+            short = self._tokenizer(
+                [texts[i] for i in too_long],
+                truncation=True,
+                max_length=self.max_length,
+                return_attention_mask=False,
+            )["input_ids"]
+            cut = dict(zip(too_long, short, strict=True))
+        return [
+            Encoded(ids=cut.get(i, ids), num_tokens=len(ids), truncated=i in cut)
+            for i, ids in enumerate(full)
+        ]
+
+    def forward(self, rows: Sequence[Sequence[int]], width: int) -> FloatArray:
+        """Scores (after the model's activation) for rows padded to `width` tokens."""
+        ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        input_ids = torch.from_numpy(ids)
+        attention_mask = torch.from_numpy(mask)
+        if self.device.type == "cuda":
+            input_ids = input_ids.pin_memory().to(self.device, non_blocking=True)
+            attention_mask = attention_mask.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            logits = self._model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return activate(logits.float().cpu().numpy(), self.activation)
+
+    def release_cached_memory(self) -> None:
+        """After a CUDA out-of-memory error, give cached blocks back before the next batch."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def timed_forward(self, rows: int, width: int) -> float:
+        """Seconds for one forward pass of a synthetic batch; used to calibrate batching."""
+        filler = [[self._pad_id + 1] * width for _ in range(rows)]
+        start = time.perf_counter()
+        self.forward(filler, width)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,116 @@
+"""Service settings: every knob is an environment variable, validated once at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class Settings(BaseSettings):
+    """Configuration read from the environment (and `.env`); names match case-insensitively."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_ignore_empty=True, extra="ignore", protected_namespaces=()
+    )
+
+    # Model runtime
+    model_path: Path = Field(
+        Path("model/default"), description="save_pretrained folder of the classifier to serve"
+    )
+    model_name: str | None = Field(
+        None, description="name reported in responses and /model; defaults to the folder name"
+    )
+    device: Device = Field("auto", description="auto picks CUDA when available, else CPU")
+    dtype: DType = Field("auto", description="auto: float32 on CPU, float16 on CUDA")
+    torch_threads: int = Field(
+        0, ge=0, description="intra-op threads for the forward pass; 0 = one per CPU core"
+    )
+    max_length: int | None = Field(
+        None, gt=1, description="token limit per text; default the model's own limit"
+    )
+    multi_label_threshold: float = Field(
+        0.5, gt=0, lt=1, description="score at or above which a label is predicted (sigmoid models)"
+    )
+    selftest_path: Path | None = Field(
+        None,
+        description="JSON list of {text,label} that must classify right before ready; "
+        "default <MODEL_PATH>/selftest.json when present",
+    )
+    warmup: bool = Field(True, description="run warm-up forward passes before reporting ready")
+
+    # Dynamic batching and admission
+    max_batch_size: int = Field(32, ge=1, le=1024, description="texts per forward pass")
+    max_batch_tokens: int = Field(
+        8192, ge=16, description="padded tokens (rows x longest) per forward pass"
+    )
+    max_batch_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="how long a busy batcher waits for more texts"
+    )
+    max_queue_size: int = Field(
+        256, ge=1, description="texts waiting for the model before new ones get 503"
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="deadline per request; queued work past it is dropped (504)"
+    )
+
+    # Request limits
+    max_items_per_request: int = Field(64, ge=1, description="texts in one request")
+    max_text_chars: int = Field(10_000, ge=1, description="characters per text")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="request body size (413 above)")
+
+    # Server
+    host: str = Field("0.0.0.0", description="address to listen on")
+    port: int = Field(8000, ge=1, le=65535, description="port to listen on")
+    keep_alive_s: int = Field(
+        75, ge=1, description="idle keep-alive; keep above the proxy's upstream keepalive_timeout"
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1", description="proxies trusted for X-Forwarded-For ('*' inside Compose)"
+    )
+    graceful_timeout_s: float = Field(
+        15.0, gt=0, description="on SIGTERM: time allowed for in-flight work before exit"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    log_json: bool = Field(False, description="JSON lines instead of plain text logs")
+    docs_enabled: bool = Field(True, description="serve Swagger UI at /docs and /openapi.json")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_model_folder(self) -> Settings:
+        path = self.model_path
+        if not path.is_dir():
+            raise ValueError(
+                f"MODEL_PATH={path} is not a folder; build the default model with "
+                "`make model` or point MODEL_PATH at a save_pretrained folder"
+            )
+        if not (path / "config.json").is_file():
+            raise ValueError(
+                f"MODEL_PATH={path} has no config.json; it must be a save_pretrained folder"
+            )
+        if self.selftest_path is not None and not self.selftest_path.is_file():
+            raise ValueError(f"SELFTEST_PATH={self.selftest_path} does not exist")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        return self.model_name or self.model_path.resolve().name
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line per bad setting, naming the environment variable and what to fix."""
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        name = "_".join(str(part) for part in err["loc"]).upper()
+        message = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{name}: {message}" if name else message)
+    return "; ".join(lines)

@@ -1,0 +1,163 @@
+"""The closed set of error kinds, one JSON envelope, and the handlers that produce it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+_MAX_LOC_PART = 40
+_MAX_MESSAGE = 200
+
+
+class ServiceError(Exception):
+    """An error with a fixed status and kind; its message never contains client input."""
+
+    status_code = 500
+    error_type = "internal"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class InvalidInput(ServiceError):
+    status_code = 422
+    error_type = "validation"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    error_type = "too_large"
+
+
+class Overloaded(ServiceError):
+    status_code = 503
+    error_type = "overloaded"
+
+
+class NotReady(ServiceError):
+    status_code = 503
+    error_type = "not_ready"
+
+
+class Draining(ServiceError):
+    status_code = 503
+    error_type = "draining"
+
+
+class ResourceExhausted(ServiceError):
+    """The device ran out of memory for this work; the service itself is fine."""
+
+    status_code = 503
+    error_type = "resource_exhausted"
+
+
+class DeadlineExceeded(ServiceError):
+    status_code = 504
+    error_type = "timeout"
+
+
+class InferenceFailed(ServiceError):
+    status_code = 500
+    error_type = "internal"
+
+
+class ClientGone(Exception):
+    """The client hung up before its answer was ready; nothing is sent back."""
+
+
+_HTTP_KINDS = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_body(message: str, error_type: str, request_id: str | None) -> dict[str, Any]:
+    return {"error": message, "error_type": error_type, "request_id": request_id}
+
+
+def error_response(
+    status: int,
+    message: str,
+    error_type: str,
+    request_id: str | None,
+    retry_after: int | None = None,
+) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse(
+        error_body(message, error_type, request_id), status_code=status, headers=headers
+    )
+
+
+def _request_id(request: Request) -> str | None:
+    value = request.scope.get("state", {}).get("request_id")
+    return value if isinstance(value, str) else None
+
+
+def _safe(text: str, limit: int) -> str:
+    """Replace characters that cannot be encoded (lone surrogates) and bound the length."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """Build the 422 message from pydantic's errors, without the offending input."""
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(_safe(str(p), _MAX_LOC_PART) for p in err.get("loc", ()) if p != "body")
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        msg = _safe(msg, _MAX_MESSAGE)
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or "invalid request"
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    if exc.status_code >= 500 and exc.error_type == "internal":
+        logger.error("request failed: %s", exc.message)
+    return error_response(
+        exc.status_code, exc.message, exc.error_type, _request_id(request), exc.retry_after
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if request.method == "POST" and not content_type.lower().endswith(("/json", "+json")):
+        message = "send the body as JSON with Content-Type: application/json"
+        return error_response(415, message, "unsupported_media_type", _request_id(request))
+    return error_response(422, validation_message(exc), "validation", _request_id(request))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    kind = _HTTP_KINDS.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) else kind.replace("_", " ")
+    message = _safe(message, _MAX_MESSAGE)
+    response = error_response(exc.status_code, message, kind, _request_id(request))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal server error", "internal", _request_id(request))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,82 @@
+"""Batch formation: split waiting texts into forward passes that waste the least time.
+
+On a CPU a forward pass costs roughly a fixed overhead plus a price per padded token, so one
+batch of texts of very different lengths pays for padding, while many tiny batches pay the
+overhead again and again. Sorting by length and cutting the sorted list where a dynamic
+program says it is cheapest gets both right, within the row and token limits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Estimated seconds of a forward pass: `per_batch + per_token * rows * width`."""
+
+    per_batch_s: float = 0.008
+    per_token_s: float = 0.00015
+
+    def cost(self, rows: int, width: int) -> float:
+        return self.per_batch_s + self.per_token_s * rows * width
+
+    @classmethod
+    def fit(cls, samples: Sequence[tuple[int, int, float]]) -> CostModel:
+        """Least squares over (rows, width, seconds); falls back to defaults if degenerate."""
+        if len(samples) < 2:
+            return cls()
+        tokens = np.array([rows * width for rows, width, _ in samples], dtype=np.float64)
+        seconds = np.array([s for _, _, s in samples], dtype=np.float64)
+        design = np.stack([np.ones_like(tokens), tokens], axis=1)
+        (per_batch, per_token), *_ = np.linalg.lstsq(design, seconds, rcond=None)
+        if not (per_token > 0 and math.isfinite(per_batch)):
+            return cls()
+        return cls(per_batch_s=max(float(per_batch), 0.0), per_token_s=float(per_token))
+
+
+def padded_width(length: int, multiple: int) -> int:
+    return -(-length // multiple) * multiple
+
+
+def plan_batches(
+    lengths: Sequence[int],
+    *,
+    max_rows: int,
+    max_tokens: int,
+    cost: CostModel,
+    pad_multiple: int = 1,
+) -> list[list[int]]:
+    """Partition the indices of `lengths` into batches with the least estimated total time.
+
+    Each batch is a run of the length-sorted order; a batch has at most `max_rows` rows and
+    at most `max_tokens` padded tokens, except that a single row is always allowed.
+    Batches come back shortest first, indices in ascending length within a batch.
+    """
+    count = len(lengths)
+    order = sorted(range(count), key=lambda i: lengths[i])
+    widths = [padded_width(max(lengths[i], 1), pad_multiple) for i in order]
+    best = [0.0] + [math.inf] * count
+    start_of = [0] * (count + 1)
+    for end in range(1, count + 1):
+        width = widths[end - 1]
+        for start in range(end - 1, max(end - max_rows, 0) - 1, -1):
+            rows = end - start
+            if rows > 1 and rows * width > max_tokens:
+                break
+            total = best[start] + cost.cost(rows, width)
+            if total < best[end]:
+                best[end] = total
+                start_of[end] = start
+    batches: list[list[int]] = []
+    end = count
+    while end > 0:
+        start = start_of[end]
+        batches.append(order[start:end])
+        end = start
+    batches.reverse()
+    return batches

@@ -1,0 +1,196 @@
+"""HTTP routes: thin handlers over the classification service and the lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
+
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.config import Settings
+from app.errors import ClientGone, NotReady, error_response
+from app.lifecycle import Lifecycle, Phase
+from app.metrics import Metrics
+from app.schemas import (
+    BatchingInfo,
+    BatchPredictResponse,
+    ErrorResponse,
+    HealthResponse,
+    ModelInfoResponse,
+    PredictRequest,
+    ReadyResponse,
+    SinglePredictResponse,
+)
+from app.service import ClassificationService, Classified
+
+T = TypeVar("T")
+# A body without Content-Type is read as JSON (plain `curl -d`); another type gets 415.
+router = APIRouter(strict_content_type=False)
+
+
+def get_lifecycle(request: Request) -> Lifecycle:
+    lifecycle: Lifecycle = request.app.state.lifecycle
+    return lifecycle
+
+
+def get_service(request: Request) -> ClassificationService:
+    return get_lifecycle(request).require_service()
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
+ServiceDep = Annotated[ClassificationService, Depends(get_service)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+class JSONBytes(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+_PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("The body is not decodable (for example invalid UTF-8)."),
+    413: _error("The body is larger than MAX_BODY_BYTES."),
+    415: _error("The body was sent with a Content-Type other than JSON."),
+    422: _error(
+        "Invalid request: missing or empty text, wrong types, unknown fields, too many items, "
+        "text too long, lone surrogates, or too many tokens with truncate=false."
+    ),
+    499: {"description": "The client closed the connection; nothing is sent."},
+    500: _error("An unexpected server fault (never caused by input)."),
+    503: _error(
+        "Not ready, draining, queue full (`overloaded`) or device out of memory; "
+        "see the Retry-After header."
+    ),
+    504: _error("No answer within REQUEST_TIMEOUT_S; the work was dropped."),
+}
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, but give up on it as soon as the client hangs up."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise ClientGone
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _prediction(item: Classified) -> dict[str, Any]:
+    decision = item.decision
+    return {
+        "label": decision.label,
+        "confidence": decision.confidence,
+        "scores": [{"label": s.label, "score": s.score} for s in decision.scores],
+        "predicted_labels": decision.predicted_labels,
+        "num_tokens": item.encoded.num_tokens,
+        "truncated": item.encoded.truncated,
+    }
+
+
+@router.post(
+    "/predict",
+    response_model=SinglePredictResponse | BatchPredictResponse,
+    responses=_PREDICT_ERRORS,
+    summary="Classify one text or a batch of texts",
+)
+async def predict(
+    body: PredictRequest, request: Request, service: ServiceDep, lifecycle: LifecycleDep
+) -> Response:
+    start = time.perf_counter()
+    with lifecycle.track():
+        try:
+            results = await _unless_disconnected(
+                request,
+                service.classify(body.items, truncate=body.truncate, top_k=body.top_k),
+            )
+        except ClientGone:
+            request.app.state.metrics.rejections.labels("client_gone").inc(len(body.items))
+            return Response(status_code=499)
+    meta = {
+        "processing_time_ms": round((time.perf_counter() - start) * 1000, 3),
+        "model": service.classifier.info.name,
+    }
+    if body.text is not None:
+        return JSONBytes(_prediction(results[0]) | meta)
+    return JSONBytes({"predictions": [_prediction(r) for r in results]} | meta)
+
+
+@router.get("/health", summary="Liveness: the process serves requests")
+async def health(lifecycle: LifecycleDep) -> HealthResponse:
+    service = lifecycle.service
+    return HealthResponse(
+        status="ok",
+        model_loaded=service is not None,
+        device=service.classifier.info.device if service is not None else None,
+        phase=lifecycle.phase.value,
+    )
+
+
+@router.get(
+    "/ready",
+    summary="Readiness: model loaded, warmed up, batcher running, not draining",
+    responses={503: _error("Loading, draining, or the model failed to load.")},
+)
+async def ready(request: Request, lifecycle: LifecycleDep) -> Response:
+    if lifecycle.is_ready:
+        return JSONBytes(ReadyResponse(status="ready").model_dump())
+    kind = "draining" if lifecycle.phase is Phase.DRAINING else "not_ready"
+    message = f"not ready: {lifecycle.phase.value}"
+    return error_response(503, message, kind, request.state.request_id, retry_after=5)
+
+
+@router.get(
+    "/model",
+    summary="What is served: model, labels, limits, device",
+    responses={503: _error("The model is not loaded yet.")},
+)
+async def model_info(lifecycle: LifecycleDep, settings: SettingsDep) -> ModelInfoResponse:
+    service = lifecycle.service
+    if service is None:
+        raise NotReady("the model is not loaded yet", retry_after=5)
+    info = service.classifier.info
+    return ModelInfoResponse(
+        **info.__dict__,
+        multi_label_threshold=settings.multi_label_threshold,
+        batching=BatchingInfo(
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_wait_ms=settings.max_batch_wait_ms,
+            max_queue_size=settings.max_queue_size,
+            request_timeout_s=settings.request_timeout_s,
+            max_items_per_request=settings.max_items_per_request,
+            max_text_chars=settings.max_text_chars,
+        ),
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request, lifecycle: LifecycleDep) -> Response:
+    registry_owner: Metrics = request.app.state.metrics
+    registry_owner.ready.set(1 if lifecycle.is_ready else 0)
+    return Response(generate_latest(registry_owner.registry), media_type=CONTENT_TYPE_LATEST)

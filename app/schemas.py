@@ -1,0 +1,154 @@
+"""The HTTP contract: request and response bodies, with the examples shown in /docs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+def _valid_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("text must not be empty or only whitespace")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (it contains a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_text)]
+
+_SINGLE_EXAMPLE: dict[str, Any] = {
+    "text": "The support team fixed my problem in minutes, thank you!"
+}
+_BATCH_EXAMPLE: dict[str, Any] = {
+    "texts": ["I love this phone, the battery lasts for days.", "Worst flight ever, lost my bag."],
+    "top_k": 2,
+}
+
+
+class PredictRequest(BaseModel):
+    """Either `text` (one answer) or `texts` (answers in input order), not both."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [_SINGLE_EXAMPLE, _BATCH_EXAMPLE]},
+    )
+
+    text: Text | None = Field(None, description="one text to classify")
+    texts: list[Text] | None = Field(None, min_length=1, description="several texts, one call")
+    top_k: int | None = Field(
+        None, ge=1, description="return only the k best label scores (default: all labels)"
+    )
+    truncate: bool = Field(
+        True,
+        description="cut texts longer than the model's token limit (each prediction says so); "
+        "false makes such a text a 422 naming its token count",
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PredictRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of `text` or `texts`")
+        return self
+
+    @property
+    def items(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float = Field(description="probability (softmax or sigmoid, as the model was trained)")
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="the highest-scoring label")
+    confidence: float = Field(description="score of `label`")
+    scores: list[LabelScore] = Field(description="label scores, best first (top_k of them)")
+    predicted_labels: list[str] = Field(
+        description="the decision: the top label, or for a multi-label model every label "
+        "whose score reaches the threshold"
+    )
+    num_tokens: int = Field(description="tokens of the text before any truncation")
+    truncated: bool = Field(description="whether the text was cut to the model's limit")
+
+
+_PREDICTION_EXAMPLE: dict[str, Any] = {
+    "label": "positive",
+    "confidence": 0.97,
+    "scores": [
+        {"label": "positive", "score": 0.97},
+        {"label": "neutral", "score": 0.02},
+        {"label": "negative", "score": 0.01},
+    ],
+    "predicted_labels": ["positive"],
+    "num_tokens": 16,
+    "truncated": False,
+}
+
+
+class SinglePredictResponse(Prediction):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [_PREDICTION_EXAMPLE | {"processing_time_ms": 14.2, "model": "default"}]
+        }
+    )
+    processing_time_ms: float
+    model: str
+
+
+class BatchPredictResponse(BaseModel):
+    predictions: list[Prediction] = Field(description="one per input text, in input order")
+    processing_time_ms: float
+    model: str
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(examples=["ok"])
+    model_loaded: bool
+    device: str | None = Field(examples=["cpu"])
+    phase: str = Field(examples=["ready"], description="loading, ready, draining or failed")
+
+
+class ReadyResponse(BaseModel):
+    status: str = Field(examples=["ready"])
+
+
+class BatchingInfo(BaseModel):
+    max_batch_size: int
+    max_batch_tokens: int
+    max_batch_wait_ms: float
+    max_queue_size: int
+    request_timeout_s: float
+    max_items_per_request: int
+    max_text_chars: int
+
+
+class ModelInfoResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    path: str
+    folder_sha256: str
+    revision: str | None = Field(description="build cache key when the folder records one")
+    architecture: str
+    labels: list[str]
+    problem_type: str
+    activation: str
+    max_length: int
+    device: str
+    dtype: str
+    parameters: int
+    multi_label_threshold: float
+    batching: BatchingInfo
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="what went wrong; never contains the input")
+    error_type: str = Field(
+        description="validation, too_large, overloaded, not_ready, draining, "
+        "resource_exhausted, timeout, not_found, method_not_allowed, bad_request, internal"
+    )
+    request_id: str | None

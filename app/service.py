@@ -1,0 +1,100 @@
+"""Classification use case: limits, tokenization off the loop, batching, decisions, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from app.batching import Batcher
+from app.classifier import Encoded, HFClassifier
+from app.config import Settings
+from app.errors import DeadlineExceeded, InvalidInput
+from app.metrics import Metrics
+from app.scoring import Decision, decide
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Classified:
+    decision: Decision
+    encoded: Encoded
+
+
+class ClassificationService:
+    """What /predict needs, with no HTTP in it."""
+
+    def __init__(
+        self, classifier: HFClassifier, batcher: Batcher, metrics: Metrics, settings: Settings
+    ) -> None:
+        self.classifier = classifier
+        self.batcher = batcher
+        self._metrics = metrics
+        self._settings = settings
+        # Tokenization gets its own thread so it never waits behind a forward pass.
+        self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+
+    def check_limits(self, texts: list[str]) -> None:
+        s = self._settings
+        if len(texts) > s.max_items_per_request:
+            raise InvalidInput(
+                f"texts: at most {s.max_items_per_request} items per request; given {len(texts)}"
+            )
+        for index, text in enumerate(texts):
+            if len(text) > s.max_text_chars:
+                where = "text" if len(texts) == 1 else f"texts[{index}]"
+                raise InvalidInput(
+                    f"{where}: at most {s.max_text_chars} characters; given {len(text)}"
+                )
+
+    async def classify(
+        self, texts: list[str], *, truncate: bool, top_k: int | None
+    ) -> list[Classified]:
+        """Scores for `texts` in input order, within the request deadline."""
+        self.check_limits(texts)
+        self.batcher.check_capacity(len(texts))
+        try:
+            async with asyncio.timeout(self._settings.request_timeout_s):
+                encoded = await self._tokenize(texts, truncate)
+                scores = await self.batcher.submit([e.ids for e in encoded])
+        except TimeoutError:
+            self._metrics.rejections.labels("deadline").inc(len(texts))
+            raise DeadlineExceeded(
+                f"no answer within the {self._settings.request_timeout_s:g} s deadline"
+            ) from None
+        labels = self.classifier.labels
+        threshold = self._settings.multi_label_threshold
+        results = []
+        for enc, row in zip(encoded, scores, strict=True):
+            decision = decide(row, labels, self.classifier.activation, threshold, top_k)
+            self._metrics.predictions.labels(decision.label).inc()
+            self._metrics.confidence.observe(decision.confidence)
+            results.append(Classified(decision, enc))
+        return results
+
+    async def _tokenize(self, texts: list[str], truncate: bool) -> list[Encoded]:
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        encoded = await loop.run_in_executor(
+            self._tokenizer_pool, self.classifier.tokenize, texts, truncate
+        )
+        self._metrics.tokenize.observe(time.perf_counter() - start)
+        limit = self.classifier.max_length
+        for index, enc in enumerate(encoded):
+            self._metrics.input_tokens.observe(enc.num_tokens)
+            if enc.truncated:
+                self._metrics.truncated.inc()
+            elif enc.num_tokens > limit:
+                where = "text" if len(texts) == 1 else f"texts[{index}]"
+                raise InvalidInput(
+                    f"{where}: {enc.num_tokens} tokens exceeds the model's limit of {limit}; "
+                    "shorten it or send truncate=true"
+                )
+        return encoded
+
+    async def close(self) -> None:
+        await self.batcher.stop()
+        self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)

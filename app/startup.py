@@ -1,0 +1,130 @@
+"""Bring the model up: load, warm up and calibrate batching, self-test, start the batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TypeVar
+
+from app.batching import Batcher, BatchLimits
+from app.classifier import HFClassifier, ModelLoadError
+from app.config import Settings
+from app.metrics import Metrics
+from app.planning import CostModel
+from app.service import ClassificationService
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ClassifierLoader = Callable[[Settings], HFClassifier]
+
+# (rows, width) shapes timed at warm-up; they span the batches the planner will choose.
+_CALIBRATION_SHAPES = ((1, 16), (1, 64), (4, 32), (8, 64), (16, 32), (32, 48))
+
+
+async def in_daemon_thread(fn: Callable[[], T]) -> T:
+    """Run blocking work without holding up interpreter exit if it never returns."""
+    future: Future[T] = Future()
+
+    def target() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name="model-load", daemon=True).start()
+    return await asyncio.wrap_future(future)
+
+
+def calibrate(classifier: HFClassifier, settings: Settings) -> CostModel:
+    """Warm the kernels up, then fit the planner's cost model to measured forward passes."""
+    samples: list[tuple[int, int, float]] = []
+    for rows, width in _CALIBRATION_SHAPES:
+        rows = min(rows, settings.max_batch_size)
+        width = min(width, classifier.max_length)
+        if rows * width > settings.max_batch_tokens and rows > 1:
+            continue
+        classifier.timed_forward(rows, width)
+        best = min(classifier.timed_forward(rows, width) for _ in range(2))
+        samples.append((rows, width, best))
+    cost = CostModel.fit(samples)
+    logger.info(
+        "batching cost model: %.2f ms per pass + %.4f ms per padded token",
+        cost.per_batch_s * 1000,
+        cost.per_token_s * 1000,
+    )
+    return cost
+
+
+def self_test(classifier: HFClassifier, path: Path) -> None:
+    """Known answers must come out right, or the service must not report ready."""
+    cases = json.loads(path.read_text())
+    texts = [str(case["text"]) for case in cases]
+    expected = [str(case["label"]) for case in cases]
+    encoded = classifier.tokenize(texts, truncate=True)
+    width = max(len(e.ids) for e in encoded)
+    scores = classifier.forward([e.ids for e in encoded], width)
+    got = [classifier.labels[int(row.argmax())] for row in scores]
+    wrong = [i for i, (want, have) in enumerate(zip(expected, got, strict=True)) if want != have]
+    if wrong:
+        first = wrong[0]
+        raise ModelLoadError(
+            f"self-test {path} failed for {len(wrong)} of {len(cases)} cases "
+            f"(case {first}: expected {expected[first]}, got {got[first]})"
+        )
+    logger.info("self-test passed: %d known answers", len(cases))
+
+
+def selftest_file(settings: Settings) -> Path | None:
+    if settings.selftest_path is not None:
+        return settings.selftest_path
+    default = settings.model_path / "selftest.json"
+    return default if default.is_file() else None
+
+
+def prepare(settings: Settings, loader: ClassifierLoader) -> tuple[HFClassifier, CostModel]:
+    """Everything slow, in one blocking call (run off the event loop)."""
+    start = time.perf_counter()
+    classifier = loader(settings)
+    if settings.max_batch_tokens < classifier.max_length:
+        raise ModelLoadError(
+            f"MAX_BATCH_TOKENS={settings.max_batch_tokens} is below the model's token limit "
+            f"{classifier.max_length}; one long text could never be served"
+        )
+    loaded = time.perf_counter()
+    cost = calibrate(classifier, settings) if settings.warmup else CostModel()
+    test = selftest_file(settings)
+    if test is not None:
+        self_test(classifier, test)
+    logger.info(
+        "model %s ready on %s/%s: loaded in %.1f s, warmed up in %.1f s",
+        classifier.info.name,
+        classifier.info.device,
+        classifier.info.dtype,
+        loaded - start,
+        time.perf_counter() - loaded,
+    )
+    return classifier, cost
+
+
+def build_service(
+    classifier: HFClassifier, cost: CostModel, settings: Settings, metrics: Metrics
+) -> ClassificationService:
+    limits = BatchLimits(
+        max_rows=settings.max_batch_size,
+        max_tokens=settings.max_batch_tokens,
+        max_wait_s=settings.max_batch_wait_ms / 1000,
+        max_queue=settings.max_queue_size,
+        pad_multiple=8 if classifier.device.type == "cuda" else 1,
+    )
+    batcher = Batcher(classifier, limits, metrics, cost)
+    batcher.start()
+    info = classifier.info
+    metrics.model_info.labels(info.name, info.device, info.dtype, info.revision or "").set(1)
+    return ClassificationService(classifier, batcher, metrics, settings)
