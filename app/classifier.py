@@ -107,7 +107,7 @@ class HFClassifier:
             model: Any = AutoModelForSequenceClassification.from_pretrained(
                 path, local_files_only=True, dtype=self.dtype
             )
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        except Exception as exc:  # any broken folder must end in one clear line
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"cannot load the model from MODEL_PATH={path}: {detail}") from exc
         self._model = model.to(self.device).eval()

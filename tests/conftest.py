@@ -1,0 +1,104 @@
+"""Shared fixtures: tiny random models built once per session, and in-process apps."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.main import create_app
+from tests.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "single")
+
+
+@pytest.fixture(scope="session")
+def tiny_multilabel_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny") / "multi",
+        labels=("toxic", "insult", "threat", "spam"),
+        problem_type="multi_label_classification",
+        seed=1,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_single_logit_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny") / "logit", labels=("LABEL_0",), problem_type=None, seed=2
+    )
+
+
+def make_settings(model_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"model_path": model_path, "warmup": False} | overrides
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+AppFactory = Callable[..., FastAPI]
+
+
+@pytest.fixture
+def settings_for(tiny_model: Path) -> Callable[..., Settings]:
+    def build(**overrides: Any) -> Settings:
+        return make_settings(overrides.pop("model_path", tiny_model), **overrides)
+
+    return build
+
+
+async def wait_ready(client: httpx.AsyncClient, timeout_s: float = 30.0) -> None:
+    import anyio
+
+    with anyio.fail_after(timeout_s):
+        while (await client.get("/ready")).status_code != 200:
+            await anyio.sleep(0.02)
+
+
+class AppClient:
+    """An app with its lifespan running, and an httpx client talking to it in process."""
+
+    def __init__(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        self.app = app
+        self.client = client
+
+    async def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        value = self.app.state.metrics.registry.get_sample_value(name, labels or {})
+        return float(value or 0.0)
+
+
+@pytest.fixture
+async def start_app() -> AsyncIterator[Callable[..., Any]]:
+    """`await start_app(settings, ready=True, **create_app_kwargs)` -> AppClient."""
+    managers: list[LifespanManager] = []
+    clients: list[httpx.AsyncClient] = []
+
+    async def start(settings: Settings, *, ready: bool = True, **kwargs: Any) -> AppClient:
+        app = create_app(settings, **kwargs)
+        manager = LifespanManager(app, startup_timeout=60, shutdown_timeout=30)
+        await manager.__aenter__()
+        managers.append(manager)
+        transport = httpx.ASGITransport(app=manager.app)
+        client = httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60)
+        clients.append(client)
+        if ready:
+            await wait_ready(client)
+        return AppClient(app, client)
+
+    yield start
+    for client in clients:
+        await client.aclose()
+    for manager in reversed(managers):
+        await manager.__aexit__(None, None, None)

@@ -1,0 +1,87 @@
+"""The real transformers code path on tiny random models: parity with the pipeline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import pipeline
+
+from app.classifier import HFClassifier, ModelLoadError, folder_digest
+from tests.conftest import make_settings
+
+TEXTS = [
+    "I love this movie",
+    "the flight was terrible and the food was awful",
+    "not bad",
+    "it was a very very very good day and the service was the best ever",
+]
+
+
+def _scores(classifier: HFClassifier, texts: list[str]) -> np.ndarray:
+    encoded = classifier.tokenize(texts, truncate=True)
+    width = max(len(e.ids) for e in encoded)
+    return classifier.forward([e.ids for e in encoded], width)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "activation"),
+    [
+        ("tiny_model", "softmax"),
+        ("tiny_multilabel_model", "sigmoid"),
+        ("tiny_single_logit_model", "sigmoid"),
+    ],
+)
+def test_scores_match_the_transformers_pipeline(fixture, activation, request) -> None:
+    path: Path = request.getfixturevalue(fixture)
+    classifier = HFClassifier(make_settings(path))
+    assert classifier.activation == activation
+    ours = _scores(classifier, TEXTS)  # padded batch, as the batcher runs it
+    reference = pipeline("text-classification", model=str(path), top_k=None, device="cpu")
+    for row, expected in zip(ours, reference(TEXTS), strict=True):
+        by_label = {item["label"]: item["score"] for item in expected}
+        for index, label in enumerate(classifier.labels):
+            assert row[index] == pytest.approx(by_label[label], abs=1e-5)
+
+
+def test_labels_come_from_the_config(tiny_multilabel_model: Path) -> None:
+    classifier = HFClassifier(make_settings(tiny_multilabel_model))
+    assert classifier.labels == ["toxic", "insult", "threat", "spam"]
+    assert classifier.info.problem_type == "multi_label_classification"
+
+
+def test_truncation_reports_the_full_token_count(tiny_model: Path) -> None:
+    classifier = HFClassifier(make_settings(tiny_model, max_length=16))
+    long_text = " ".join(["good"] * 40)
+    cut, short = classifier.tokenize([long_text, "good film"], truncate=True)
+    assert cut.truncated and cut.num_tokens == 42 and len(cut.ids) == 16
+    assert cut.ids[-1] == short.ids[-1]  # the closing special token survives the cut
+    assert not short.truncated and short.num_tokens == 4
+    kept = classifier.tokenize([long_text], truncate=False)[0]
+    assert not kept.truncated and len(kept.ids) == 42
+
+
+def test_max_length_cannot_exceed_the_model(tiny_model: Path) -> None:
+    with pytest.raises(ModelLoadError, match="exceeds the model's limit 64"):
+        HFClassifier(make_settings(tiny_model, max_length=65))
+
+
+def test_broken_weights_give_one_clear_error(tiny_model: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelLoadError, match="cannot load the model from MODEL_PATH="):
+        HFClassifier(make_settings(broken))
+
+
+def test_folder_digest_changes_with_content(tiny_model: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    assert folder_digest(copy) == folder_digest(tiny_model)
+    config = json.loads((copy / "config.json").read_text())
+    config["id2label"]["0"] = "renamed"
+    (copy / "config.json").write_text(json.dumps(config))
+    assert folder_digest(copy) != folder_digest(tiny_model)

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from app.planning import CostModel, padded_width, plan_batches
+
+
+def _check_partition(batches: list[list[int]], count: int) -> None:
+    flat = sorted(i for batch in batches for i in batch)
+    assert flat == list(range(count))
+
+
+def test_every_text_is_planned_exactly_once_within_limits() -> None:
+    rng = random.Random(7)
+    lengths = [rng.randint(3, 120) for _ in range(100)]
+    batches = plan_batches(lengths, max_rows=16, max_tokens=1024, cost=CostModel())
+    _check_partition(batches, len(lengths))
+    for batch in batches:
+        width = max(lengths[i] for i in batch)
+        assert len(batch) <= 16
+        assert len(batch) == 1 or len(batch) * width <= 1024
+
+
+def test_similar_lengths_go_together() -> None:
+    lengths = [10, 80, 11, 82, 9, 79]
+    batches = plan_batches(lengths, max_rows=32, max_tokens=8192, cost=CostModel(0.01, 0.001))
+    assert sorted(sorted(b) for b in batches) == [[0, 2, 4], [1, 3, 5]]
+    assert [lengths[b[0]] for b in batches] == [9, 79]  # shortest batch first
+
+
+def test_cheap_overhead_prefers_exact_batches_and_dear_overhead_one_batch() -> None:
+    lengths = [5, 10, 20, 40]
+    many = plan_batches(lengths, max_rows=8, max_tokens=8192, cost=CostModel(0.0, 1.0))
+    one = plan_batches(lengths, max_rows=8, max_tokens=8192, cost=CostModel(1000.0, 1.0))
+    assert len(many) == 4
+    assert len(one) == 1
+
+
+def test_a_single_row_is_allowed_even_over_the_token_budget() -> None:
+    batches = plan_batches([600, 600], max_rows=8, max_tokens=512, cost=CostModel())
+    assert batches == [[0], [1]]
+
+
+def test_padding_multiple_rounds_widths() -> None:
+    assert padded_width(9, 8) == 16
+    assert padded_width(16, 8) == 16
+    batches = plan_batches([9, 15], max_rows=8, max_tokens=16, cost=CostModel(), pad_multiple=8)
+    assert batches == [[0], [1]]  # 2 rows x 16 would exceed 16 tokens
+
+
+def test_cost_model_fit_recovers_a_linear_cost() -> None:
+    samples = [(r, w, 0.004 + 0.0002 * r * w) for r, w in [(1, 16), (4, 32), (16, 64), (32, 48)]]
+    fitted = CostModel.fit(samples)
+    assert fitted.per_batch_s == pytest.approx(0.004, rel=1e-6)
+    assert fitted.per_token_s == pytest.approx(0.0002, rel=1e-6)
+    assert CostModel.fit([(1, 1, 1.0)]) == CostModel()
+    assert CostModel.fit([(1, 8, 0.5), (8, 8, 0.1)]) == CostModel()  # negative slope: refuse
