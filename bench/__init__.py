@@ -1,0 +1,1 @@
+"""Benchmark tool for the text-classification service: `python -m bench --help`."""

@@ -1,0 +1,265 @@
+"""Model-only throughput: the same model, threads and corpus as the server, no HTTP.
+
+This is the ceiling every HTTP figure is compared with, and the bench for model
+variants (int8 dynamic quantization, attention kernels, padding to a multiple of N,
+thread counts). Timings include tokenization and the softmax, because the server
+has to do both as well.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.stats import latency_summary_ms
+
+MODES = ("b1", "b32", "b32s")
+MODE_HELP = {
+    "b1": "batch 1, one sentence per forward pass (latency)",
+    "b32": "batch N in arrival (corpus) order",
+    "b32s": "batch N after sorting the corpus by token length",
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model configuration, written as tokens joined by '+', e.g. `int8+eager+pad8+t1`."""
+
+    spec: str
+    int8: bool = False
+    attn: str | None = None
+    pad_multiple: int | None = None
+    threads: int | None = None
+    dtype: str = "float32"
+
+
+def parse_variant(spec: str) -> Variant:
+    """Tokens: fp32|base, int8, sdpa|eager, padN (N>=2), tN|threadsN, bf16."""
+    spec = spec.strip()
+    if not spec:
+        raise ValueError("empty variant")
+    int8 = False
+    attn: str | None = None
+    pad: int | None = None
+    threads: int | None = None
+    dtype = "float32"
+    for token in spec.lower().split("+"):
+        if token in ("fp32", "base", "default"):
+            continue
+        if token == "int8":
+            int8 = True
+        elif token in ("sdpa", "eager"):
+            attn = token
+        elif token == "bf16":
+            dtype = "bfloat16"
+        elif token.startswith("pad") and token[3:].isdigit() and int(token[3:]) >= 2:
+            pad = int(token[3:])
+        elif token.startswith("threads") and token[7:].isdigit() and int(token[7:]) >= 1:
+            threads = int(token[7:])
+        elif token.startswith("t") and token[1:].isdigit() and int(token[1:]) >= 1:
+            threads = int(token[1:])
+        else:
+            raise ValueError(f"unknown variant token {token!r} in {spec!r}")
+    if int8 and dtype != "float32":
+        raise ValueError("int8 dynamic quantization needs float32 weights")
+    return Variant(spec, int8, attn, pad, threads, dtype)
+
+
+def default_threads() -> int:
+    """What the app uses with TORCH_THREADS unset/0: one thread per CPU core."""
+    env = os.environ.get("TORCH_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def make_batches(lengths: Sequence[int], batch_size: int, sort_by_length: bool) -> list[list[int]]:
+    """Index batches for one pass over the corpus, optionally length-sorted."""
+    order = list(range(len(lengths)))
+    if not sort_by_length:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    order.sort(key=lambda i: (lengths[i], i))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    # Shuffle the batch order (seeded) so that a time-bounded partial pass is not all
+    # short batches: the measured rate must not depend on where the clock stops.
+    random.Random(0).shuffle(batches)
+    return batches
+
+
+def padding_efficiency(batches: Sequence[Sequence[int]], lengths: Sequence[int], pad: int) -> float:
+    """Real tokens / padded tokens over all batches (pad: round width up to a multiple)."""
+    real = padded = 0
+    for batch in batches:
+        width = max(lengths[i] for i in batch)
+        if pad > 1:
+            width = -(-width // pad) * pad
+        real += sum(lengths[i] for i in batch)
+        padded += width * len(batch)
+    return real / padded if padded else 0.0
+
+
+class ModelRunner:
+    """Loads one variant and times tokenize+forward+softmax over corpus batches."""
+
+    def __init__(self, model_path: Path, variant: Variant, threads: int, max_length: int | None):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.torch = torch
+        self.variant = variant
+        self.threads = variant.threads or threads
+        torch.set_num_threads(self.threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        kwargs: dict[str, Any] = {}
+        if variant.attn is not None:
+            kwargs["attn_implementation"] = variant.attn
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_path), **kwargs)
+        model.eval()
+        if variant.dtype == "bfloat16":
+            model = model.to(torch.bfloat16)
+        if variant.int8:
+            with warnings.catch_warnings():
+                # quantize_dynamic is deprecated in favour of torchao, which we do not ship.
+                warnings.simplefilter("ignore")
+                from torch.ao.quantization import quantize_dynamic
+
+                model = quantize_dynamic(  # type: ignore[no-untyped-call]
+                    model, {torch.nn.Linear}, dtype=torch.qint8
+                )
+        self.model = model
+        limit = getattr(self.tokenizer, "model_max_length", 512)
+        config_limit = getattr(model.config, "max_position_embeddings", 512)
+        if not isinstance(limit, int) or limit > 100_000:
+            limit = config_limit
+        self.max_length = max_length or min(limit, config_limit)
+        self.attn_implementation = str(getattr(model.config, "_attn_implementation", "unknown"))
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def run_batch(self, texts: Sequence[str]) -> tuple[float, float, int, int]:
+        """(tokenize seconds, total seconds, real tokens, padded tokens) for one batch."""
+        torch = self.torch
+        t0 = time.perf_counter()
+        enc = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            pad_to_multiple_of=self.variant.pad_multiple,
+            return_tensors="pt",
+        )
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.model(**enc).logits
+            logits.float().softmax(dim=-1)
+        t2 = time.perf_counter()
+        mask = enc["attention_mask"]
+        return t1 - t0, t2 - t0, int(mask.sum().item()), int(mask.numel())
+
+
+def measure_mode(
+    runner: ModelRunner,
+    texts: Sequence[str],
+    lengths: Sequence[int],
+    mode: str,
+    batch_size: int,
+    seconds: float,
+    warmup_s: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Any]:
+    """Cycle through the corpus batches for `seconds` after `warmup_s` of untimed passes."""
+    size = 1 if mode == "b1" else batch_size
+    batches = make_batches(lengths, size, sort_by_length=(mode == "b32s"))
+    start = clock()
+    i = 0
+    while clock() - start < warmup_s or i < 2:
+        runner.run_batch([texts[j] for j in batches[i % len(batches)]])
+        i += 1
+    durations: list[float] = []
+    tok_total = 0.0
+    real = padded = sentences = 0
+    start = clock()
+    while clock() - start < seconds or len(durations) < 3:
+        batch = batches[(i + len(durations)) % len(batches)]
+        tok_s, total_s, r, p = runner.run_batch([texts[j] for j in batch])
+        durations.append(total_s)
+        tok_total += tok_s
+        real += r
+        padded += p
+        sentences += len(batch)
+    busy = sum(durations)
+    out: dict[str, Any] = {
+        "mode": mode,
+        "description": MODE_HELP[mode].replace("batch N", f"batch {size}"),
+        "batch_size": size,
+        "batches": len(durations),
+        "sentences": sentences,
+        "seconds": round(busy, 3),
+        "sentences_per_s": round(sentences / busy, 2),
+        "padding_efficiency": round(real / padded, 4) if padded else None,
+        "tokenize_share": round(tok_total / busy, 4),
+    }
+    key = "latency" if size == 1 else "batch_latency"
+    out[key] = latency_summary_ms(durations)
+    return out
+
+
+def measure_variant(
+    model_path: Path,
+    variant: Variant,
+    texts: Sequence[str],
+    *,
+    modes: Sequence[str] = MODES,
+    batch_size: int = 32,
+    seconds: float = 5.0,
+    warmup_s: float = 1.0,
+    threads: int | None = None,
+    max_length: int | None = None,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    runner = ModelRunner(model_path, variant, threads or default_threads(), max_length)
+    load_s = time.perf_counter() - t0
+    lengths = runner.token_lengths(texts)
+    results = {
+        mode: measure_mode(runner, texts, lengths, mode, batch_size, seconds, warmup_s)
+        for mode in modes
+    }
+    n_params = sum(int(p.numel()) for p in runner.model.parameters())
+    cfg = runner.model.config
+    return {
+        "variant": variant.spec,
+        "threads": runner.threads,
+        "attn_implementation": runner.attn_implementation,
+        "int8": variant.int8,
+        "dtype": variant.dtype,
+        "pad_multiple": variant.pad_multiple,
+        "load_s": round(load_s, 3),
+        "max_length": runner.max_length,
+        "mean_tokens": round(sum(lengths) / len(lengths), 2),
+        "model": {
+            "architecture": type(runner.model).__name__,
+            "layers": getattr(cfg, "num_hidden_layers", None),
+            "hidden_size": getattr(cfg, "hidden_size", None),
+            "parameters": n_params,
+            "labels": len(getattr(cfg, "id2label", {}) or {}),
+        },
+        "modes": results,
+    }
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"torch": str(torch.__version__), "transformers": str(transformers.__version__)}

@@ -1,0 +1,482 @@
+"""`python -m bench run`: ceiling, cold start, baseline and batched sweeps, open loop, Nginx."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.corpus import build_corpus, describe, request_bodies, write_bodies
+from bench.openloop import find_loadtest, loadtest_version, run_openloop
+from bench.procmon import ProcessMonitor, find_listener_pid
+from bench.promstats import (
+    BATCH_SIZE,
+    INPUT_TOKENS,
+    QUEUE_DEPTH,
+    Snapshot,
+    fetch_snapshot,
+    gauge,
+    histogram,
+    pending_texts,
+    step_metrics,
+)
+from bench.server import ServerProcess
+from bench.sysinfo import load_average, machine
+from bench.wrkrun import LoadGenError, run_wrk, wrk_version
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunConfig:
+    model_path: Path | None
+    url: str | None = None
+    nginx_url: str | None = None
+    nginx_metrics_url: str | None = None
+    server_pid: int | None = None
+    concurrencies: Sequence[int] = (1, 8, 32, 64)
+    step_s: float = 10.0
+    warmup_s: float = 2.0
+    ceiling_s: float = 5.0
+    ceiling_warmup_s: float = 1.0
+    open_rates: Sequence[str] = ("0.5x", "0.8x", "1.0x", "1.2x")
+    baseline: bool = True
+    ceiling: bool = True
+    torch_threads: int | None = None
+    server_env: dict[str, str] = field(default_factory=dict)
+    items_per_request: int = 1
+    wrk_threads: int = 1
+    request_timeout_s: float = 30.0
+    corpus_size: int = 600
+    corpus_seed: int = 20240611
+    quick: bool = False
+    out_dir: Path = Path("bench/results")
+    stem: str = ""
+    command: str = ""
+    cwd: Path = field(default_factory=Path.cwd)
+
+
+def parse_rates(specs: Sequence[str], reference_rps: float | None) -> list[float]:
+    """'40' is 40 req/s; '0.8x' is 0.8 x the batched c=32 throughput measured in this run."""
+    rates: list[float] = []
+    for spec in specs:
+        s = spec.strip().lower()
+        if not s:
+            continue
+        if s.endswith("x"):
+            if reference_rps is None or reference_rps <= 0:
+                continue  # nothing to scale against (the sweep did not run or failed)
+            rate = float(s[:-1]) * reference_rps
+        else:
+            rate = float(s)
+        if rate <= 0:
+            raise ValueError(f"rate must be > 0: {spec!r}")
+        rates.append(round(rate, 1))
+    return rates
+
+
+def predict_url(base: str) -> str:
+    """Accept either a base URL or a full /predict URL."""
+    base = base.rstrip("/")
+    return base if base.endswith("/predict") else f"{base}/predict"
+
+
+def base_of(url: str) -> str:
+    url = url.rstrip("/")
+    return url[: -len("/predict")] if url.endswith("/predict") else url
+
+
+def settle(metrics_url: str | None, max_s: float = 10.0, poll_s: float = 0.25) -> float:
+    """Wait until the server has finished the requests that were in flight when the load
+    generator stopped, so the next snapshot belongs to one step only. Returns seconds waited.
+    """
+    t0 = time.monotonic()
+    if metrics_url is None:
+        time.sleep(0.5)
+        return 0.5
+    previous: tuple[float, float] | None = None
+    quiet_polls = 0
+    while time.monotonic() - t0 < max_s:
+        try:
+            snap = fetch_snapshot(metrics_url)
+        except (OSError, ValueError):
+            time.sleep(0.5)
+            break
+        pending = pending_texts(snap)
+        state = (histogram(snap, INPUT_TOKENS).count, histogram(snap, BATCH_SIZE).total)
+        if pending <= 0 and (gauge(snap, QUEUE_DEPTH) or 0.0) <= 0:
+            break
+        # Fallback when the counts cannot balance (e.g. a text rejected after tokenizing).
+        quiet_polls = quiet_polls + 1 if state == previous else 0
+        if quiet_polls >= 4:
+            break
+        previous = state
+        time.sleep(poll_s)
+    return round(time.monotonic() - t0, 3)
+
+
+def _snapshot(metrics_url: str | None, log: Log) -> Snapshot | None:
+    if metrics_url is None:
+        return None
+    try:
+        return fetch_snapshot(metrics_url)
+    except (OSError, ValueError) as exc:
+        log(f"  (metrics unavailable at {metrics_url}: {exc})")
+        return None
+
+
+class Bench:
+    """One benchmark run; `result` is the JSON document that gets written."""
+
+    def __init__(self, cfg: RunConfig, log: Log = print) -> None:
+        self.cfg = cfg
+        self.log = log
+        self.raw_dir = (
+            cfg.out_dir / "raw" / cfg.stem if cfg.out_dir.name != "raw" else cfg.out_dir / cfg.stem
+        )
+        self.raw_dir.mkdir(parents=True, exist_ok=True)
+        corpus = build_corpus(cfg.corpus_size, cfg.corpus_seed)
+        self.texts = [s.text for s in corpus]
+        self.bodies_file = write_bodies(
+            self.raw_dir / "bodies.jsonl", request_bodies(self.texts, cfg.items_per_request)
+        )
+        self.threads = cfg.torch_threads or _default_threads()
+        loadtest_dir = find_loadtest()
+        self.result: dict[str, Any] = {
+            "tool": "bench",
+            "command": cfg.command,
+            "quick": cfg.quick,
+            "machine": machine(cfg.cwd),
+            "settings": {
+                "model_path": str(cfg.model_path) if cfg.model_path else None,
+                "torch_threads": self.threads,
+                "concurrencies": list(cfg.concurrencies),
+                "step_s": cfg.step_s,
+                "warmup_s": cfg.warmup_s,
+                "items_per_request": cfg.items_per_request,
+                "server_env": cfg.server_env,
+                "url": cfg.url,
+                "nginx_url": cfg.nginx_url,
+            },
+            "tools": {
+                "wrk": wrk_version(),
+                "loadtest": loadtest_version(loadtest_dir),
+            },
+            "corpus": describe(corpus) | {"seed": cfg.corpus_seed},
+            "ceiling": None,
+            "series": {},
+            "errors": [],
+        }
+
+    # ---- pieces -------------------------------------------------------------------------
+
+    def run_ceiling(self) -> None:
+        cfg = self.cfg
+        if cfg.model_path is None:
+            self.log("ceiling: skipped (no model path)")
+            return
+        self.log(f"ceiling: model-only in a separate process ({self.threads} threads)")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "ceiling.json"
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench",
+                "model",
+                "--model",
+                str(cfg.model_path),
+                "--variants",
+                "fp32",
+                "--threads",
+                str(self.threads),
+                "--seconds",
+                str(cfg.ceiling_s),
+                "--warmup-s",
+                str(cfg.ceiling_warmup_s),
+                "--corpus-size",
+                str(cfg.corpus_size),
+                "--corpus-seed",
+                str(cfg.corpus_seed),
+                "--json",
+                str(out),
+            ]
+            if "MAX_LENGTH" in cfg.server_env:
+                cmd += ["--max-length", cfg.server_env["MAX_LENGTH"]]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=cfg.cwd)
+            if proc.returncode != 0 or not out.exists():
+                msg = f"ceiling failed ({proc.returncode}): {proc.stderr[-800:]}"
+                self.log(msg)
+                self.result["errors"].append(msg)
+                return
+            self.result["ceiling"] = json.loads(out.read_text(encoding="utf-8"))
+        for name, m in self.result["ceiling"]["variants"][0]["modes"].items():
+            self.log(
+                f"  {name:5s} {m['sentences_per_s']:8.1f} sentences/s"
+                f"  padding efficiency {m['padding_efficiency']}"
+            )
+
+    def closed_step(
+        self, url: str, metrics_url: str | None, pid: int | None, concurrency: int
+    ) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.warmup_s > 0:
+            run_wrk(
+                url,
+                self.bodies_file,
+                concurrency,
+                cfg.warmup_s,
+                threads=cfg.wrk_threads,
+                timeout_s=cfg.request_timeout_s,
+                items_per_request=cfg.items_per_request,
+            )
+            settle(metrics_url)
+        before = _snapshot(metrics_url, self.log)
+        monitor = ProcessMonitor(pid) if pid else None
+        if monitor:
+            monitor.start()
+        step = run_wrk(
+            url,
+            self.bodies_file,
+            concurrency,
+            cfg.step_s,
+            threads=cfg.wrk_threads,
+            timeout_s=cfg.request_timeout_s,
+            items_per_request=cfg.items_per_request,
+        )
+        server = monitor.stop() if monitor else None
+        # Let requests still in flight when wrk stopped finish before the after-snapshot.
+        settle(metrics_url)
+        after = _snapshot(metrics_url, self.log)
+        return {
+            "kind": "closed",
+            "concurrency": concurrency,
+            **step,
+            "server": server,
+            "server_metrics": step_metrics(before, after) if before and after else None,
+        }
+
+    def open_step(
+        self, url: str, metrics_url: str | None, pid: int | None, rate: float
+    ) -> dict[str, Any]:
+        cfg = self.cfg
+        before = _snapshot(metrics_url, self.log)
+        monitor = ProcessMonitor(pid) if pid else None
+        if monitor:
+            monitor.start()
+        step = run_openloop(
+            url,
+            self.bodies_file,
+            rate,
+            cfg.step_s,
+            timeout_s=cfg.request_timeout_s,
+            items_per_request=cfg.items_per_request,
+        )
+        server = monitor.stop() if monitor else None
+        settle(metrics_url)
+        after = _snapshot(metrics_url, self.log)
+        return {
+            "kind": "open",
+            **step,
+            "server": server,
+            "server_metrics": step_metrics(before, after) if before and after else None,
+        }
+
+    def sweep(
+        self, name: str, label: str, base_url: str, metrics_url: str | None, pid: int | None
+    ) -> dict[str, Any]:
+        series = self.result["series"].setdefault(
+            name, {"label": label, "url": base_url, "steps": []}
+        )
+        for c in self.cfg.concurrencies:
+            try:
+                step = self.closed_step(predict_url(base_url), metrics_url, pid, c)
+            except LoadGenError as exc:
+                msg = f"{name} c={c}: {exc}"
+                self.log("  " + msg)
+                self.result["errors"].append(msg)
+                continue
+            series["steps"].append(step)
+            self._log_step(step)
+        return dict(series)
+
+    def open_loop(
+        self, base_url: str, metrics_url: str | None, pid: int | None, reference: float | None
+    ) -> None:
+        try:
+            rates = parse_rates(self.cfg.open_rates, reference)
+        except ValueError as exc:
+            self.result["errors"].append(str(exc))
+            return
+        if not rates:
+            return
+        if find_loadtest() is None:
+            msg = "open loop skipped: `npm install -g loadtest@8.2.1` not found"
+            self.log(msg)
+            self.result["errors"].append(msg)
+            return
+        series = self.result["series"].setdefault(
+            "open_loop",
+            {"label": "batched server, open loop (loadtest)", "url": base_url, "steps": []},
+        )
+        self.log(f"open loop: rates {rates} req/s")
+        for rate in rates:
+            try:
+                step = self.open_step(predict_url(base_url), metrics_url, pid, rate)
+            except (LoadGenError, subprocess.TimeoutExpired) as exc:
+                msg = f"open loop {rate}/s: {exc}"
+                self.log("  " + msg)
+                self.result["errors"].append(msg)
+                continue
+            series["steps"].append(step)
+            self._log_step(step)
+
+    def _log_step(self, step: dict[str, Any]) -> None:
+        lat = step["latency_ms"]
+        head = (
+            f"c={step['concurrency']:<3d}"
+            if step["kind"] == "closed"
+            else f"rate={step['offered_rate']:<6}"
+        )
+        extra = ""
+        sm = step.get("server_metrics")
+        if sm and sm["batch_size"]["mean"] is not None:
+            extra = (
+                f" batch {sm['batch_size']['mean']:.1f}"
+                f" pad {sm['padding_efficiency_token_weighted']}"
+            )
+        cpu = step.get("server") or {}
+        self.log(
+            f"  {head} {step['ok_requests_per_s']:7.1f} ok req/s"
+            f" {step['sentences_per_s']:7.1f} sent/s  p50 {lat['p50']} p99 {lat['p99']} ms"
+            f"  statuses {step['statuses']}{extra}"
+            f" server cpu {cpu.get('cpu_cores')} gen cpu {step['generator']['cpu_cores']}"
+        )
+
+    def start_server(self, name: str, env: dict[str, str]) -> ServerProcess:
+        assert self.cfg.model_path is not None
+        full_env = {"MODEL_PATH": str(self.cfg.model_path), "TORCH_THREADS": str(self.threads)}
+        full_env.update(env)
+        server = ServerProcess(full_env, self.raw_dir / f"server-{name}.log", cwd=self.cfg.cwd)
+        self.log(f"{name}: starting `python -m app` with {env or 'defaults'}")
+        server.start()
+        cold = server.wait_ready()
+        self.log(f"  ready after {cold['to_ready_s']} s, RSS {cold['rss_mib_at_ready']} MiB")
+        series = self.result["series"].setdefault(
+            name, {"label": "", "url": server.base_url, "steps": []}
+        )
+        series["cold_start"] = cold
+        series["server_env"] = full_env
+        return server
+
+    def stop_server(self, name: str, server: ServerProcess) -> None:
+        info = server.stop(timeout_s=60)
+        self.result["series"][name]["stop"] = info
+        self.log(f"  stopped: {info}")
+
+    # ---- the whole run ----------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        t0 = time.monotonic()
+        if cfg.ceiling:
+            self.run_ceiling()
+        reference: float | None = None
+        if cfg.url:
+            base = base_of(cfg.url)
+            pid = cfg.server_pid or _local_pid(base)
+            self.log(f"batched: existing server at {base} (pid {pid})")
+            series = self.sweep(
+                "batched", "server at --url (closed loop, wrk)", base, base + "/metrics", pid
+            )
+            reference = _c32_rps(series)
+            self.open_loop(base, base + "/metrics", pid, reference)
+            self._nginx(None)
+        else:
+            if cfg.model_path is None:
+                raise SystemExit("no model: set MODEL_PATH or --model (or give --url)")
+            if cfg.baseline:
+                server = self.start_server("baseline", {"MAX_BATCH_SIZE": "1"})
+                self.result["series"]["baseline"]["label"] = "batching off (MAX_BATCH_SIZE=1)"
+                try:
+                    self.sweep(
+                        "baseline",
+                        "batching off (MAX_BATCH_SIZE=1)",
+                        server.base_url,
+                        server.base_url + "/metrics",
+                        server.pid,
+                    )
+                finally:
+                    self.stop_server("baseline", server)
+            server = self.start_server("batched", dict(cfg.server_env))
+            self.result["series"]["batched"]["label"] = "batched server (closed loop, wrk)"
+            try:
+                series = self.sweep(
+                    "batched",
+                    "batched server (closed loop, wrk)",
+                    server.base_url,
+                    server.base_url + "/metrics",
+                    server.pid,
+                )
+                reference = _c32_rps(series)
+                self.open_loop(server.base_url, server.base_url + "/metrics", server.pid, reference)
+                self._nginx(server)
+                # Memory after all the load, so growth under load is visible.
+                self.result["series"]["batched"]["rss_mib_after_load"] = _rss_mib(server.pid)
+            finally:
+                self.stop_server("batched", server)
+        self.result["machine"]["load_average_end"] = load_average()
+        self.result["wall_s"] = round(time.monotonic() - t0, 1)
+        return self.result
+
+    def _nginx(self, server: ServerProcess | None) -> None:
+        cfg = self.cfg
+        if not cfg.nginx_url:
+            return
+        base = base_of(cfg.nginx_url)
+        # Server-side figures come from the app itself when the tool started it.
+        metrics = cfg.nginx_metrics_url or (server.base_url + "/metrics" if server else None)
+        pid = server.pid if server else cfg.server_pid
+        self.log(f"nginx: {base}")
+        self.sweep("nginx", "through Nginx (closed loop, wrk)", base, metrics, pid)
+
+
+def _c32_rps(series: dict[str, Any]) -> float | None:
+    steps = [s for s in series.get("steps", []) if s.get("kind") == "closed"]
+    if not steps:
+        return None
+    best = min(steps, key=lambda s: abs(int(s["concurrency"]) - 32))
+    return float(best["ok_requests_per_s"]) or None
+
+
+def _local_pid(base_url: str) -> int | None:
+    parsed = urllib.parse.urlparse(base_url)
+    if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return find_listener_pid(port)
+
+
+def _rss_mib(pid: int) -> float | None:
+    try:
+        import psutil
+
+        from bench.procmon import tree_rss_bytes
+
+        return round(tree_rss_bytes(psutil.Process(pid)) / 2**20, 1)
+    except Exception:  # the process may be gone; memory is a nice-to-have here
+        return None
+
+
+def _default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

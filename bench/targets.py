@@ -1,0 +1,135 @@
+"""The issue's targets, checked against one run's figures (ratios within the same run)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# CPU, default model, fp32, concurrency 32, direct to the app, same run.
+TARGET_CONCURRENCY = 32
+CEILING_FRACTION = 0.80
+BASELINE_SPEEDUP = 2.5
+C1_LATENCY_SLACK_MS = 2.0
+NGINX_FRACTION = 0.95
+COLD_START_S = 10.0
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    name: str
+    requirement: str
+    measured: str
+    status: str  # PASS | FAIL | SKIP
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def closed_step(result: dict[str, Any], series: str, concurrency: int) -> dict[str, Any] | None:
+    """The closed-loop step of `series` at `concurrency`, if it ran."""
+    block = result.get("series", {}).get(series)
+    if not block:
+        return None
+    for step in block.get("steps", []):
+        if step.get("kind") == "closed" and step.get("concurrency") == concurrency:
+            return dict(step)
+    return None
+
+
+def ceiling_mode(result: dict[str, Any], mode: str) -> dict[str, Any] | None:
+    ceiling = result.get("ceiling") or {}
+    variants = ceiling.get("variants") or []
+    if not variants:
+        return None
+    modes = variants[0].get("modes", {})
+    found = modes.get(mode)
+    return dict(found) if found else None
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def evaluate(result: dict[str, Any]) -> list[TargetResult]:
+    c = TARGET_CONCURRENCY
+    batched = closed_step(result, "batched", c)
+    baseline = closed_step(result, "baseline", c)
+    nginx = closed_step(result, "nginx", c)
+    batched_c1 = closed_step(result, "batched", 1)
+    sorted_ceiling = ceiling_mode(result, "b32s")
+    b1 = ceiling_mode(result, "b1")
+    out: list[TargetResult] = []
+
+    name = f"throughput c={c} vs model-only ceiling"
+    req = f">= {CEILING_FRACTION:.0%} of length-sorted batch-32 sentences/s"
+    if batched and sorted_ceiling:
+        got, ceil = batched["sentences_per_s"], sorted_ceiling["sentences_per_s"]
+        frac = got / ceil if ceil else 0.0
+        out.append(
+            TargetResult(
+                name,
+                req,
+                f"{got:.1f} / {ceil:.1f} = {frac:.0%}",
+                _verdict(frac >= CEILING_FRACTION),
+            )
+        )
+    else:
+        out.append(TargetResult(name, req, "not measured", "SKIP"))
+
+    name = f"throughput c={c} vs batching off"
+    req = f">= {BASELINE_SPEEDUP}x MAX_BATCH_SIZE=1"
+    if batched and baseline:
+        got, base = batched["sentences_per_s"], baseline["sentences_per_s"]
+        speedup = got / base if base else float("inf")
+        out.append(
+            TargetResult(
+                name,
+                req,
+                f"{got:.1f} / {base:.1f} = {speedup:.2f}x",
+                _verdict(speedup >= BASELINE_SPEEDUP),
+            )
+        )
+    else:
+        out.append(TargetResult(name, req, "not measured", "SKIP"))
+
+    name = "latency c=1 p50 vs model-only batch 1"
+    req = f"<= model-only batch-1 p50 + {C1_LATENCY_SLACK_MS:g} ms"
+    if batched_c1 and b1:
+        got = float(batched_c1["latency_ms"]["p50"])
+        model = float(b1["latency"]["p50_ms"])
+        out.append(
+            TargetResult(
+                name,
+                req,
+                f"{got:.1f} ms vs {model:.1f} + {C1_LATENCY_SLACK_MS:g} ms",
+                _verdict(got <= model + C1_LATENCY_SLACK_MS),
+            )
+        )
+    else:
+        out.append(TargetResult(name, req, "not measured", "SKIP"))
+
+    name = f"through Nginx c={c} vs direct"
+    req = f">= {NGINX_FRACTION:.0%} of direct requests/s"
+    if nginx and batched:
+        got, direct = nginx["ok_requests_per_s"], batched["ok_requests_per_s"]
+        frac = got / direct if direct else 0.0
+        out.append(
+            TargetResult(
+                name,
+                req,
+                f"{got:.1f} / {direct:.1f} = {frac:.0%}",
+                _verdict(frac >= NGINX_FRACTION),
+            )
+        )
+    else:
+        out.append(TargetResult(name, req, "not measured (no --nginx-url)", "SKIP"))
+
+    name = "cold start to /ready"
+    req = f"<= {COLD_START_S:g} s"
+    cold = (result.get("series", {}).get("batched") or {}).get("cold_start")
+    if cold and cold.get("to_ready_s") is not None:
+        got = float(cold["to_ready_s"])
+        out.append(TargetResult(name, req, f"{got:.2f} s", _verdict(got <= COLD_START_S)))
+    else:
+        out.append(TargetResult(name, req, "not measured (server not started by the tool)", "SKIP"))
+    return out
