@@ -14,6 +14,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 MIN_WORDS = 5
 MAX_WORDS = 60
@@ -375,7 +376,7 @@ def write_bodies(path: Path, bodies: Iterable[str]) -> Path:
     return path
 
 
-def describe(corpus: Sequence[Sentence]) -> dict[str, float | int | dict[str, int]]:
+def describe(corpus: Sequence[Sentence]) -> dict[str, Any]:
     """Length and sentiment summary, recorded in every report."""
     lengths = sorted(s.words for s in corpus)
     mix: dict[str, int] = {}

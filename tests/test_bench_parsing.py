@@ -1,0 +1,217 @@
+"""Parsing of load-generator output, CLI specs, targets and the report (no server, no model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.cli import _env_pairs, build_parser
+from bench.model_only import make_batches, padding_efficiency, parse_variant
+from bench.openloop import parse_openloop_output, summarize_openloop
+from bench.report import add_fractions, markdown, write_outputs
+from bench.runner import base_of, parse_rates, predict_url
+from bench.targets import evaluate
+from bench.wrkrun import LoadGenError, parse_wrk_output, summarize_wrk
+
+WRK_STDOUT = """Running 10s test @ http://127.0.0.1:8000/predict
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   190.12ms   40.00ms 512.00ms   70.00%
+  1600 requests in 10.00s, 700.00KB read
+  Non-2xx or 3xx responses: 10
+Requests/sec:    160.00
+BENCH_WRK_JSON_BEGIN
+{"duration_us": 10000000, "requests": 1600, "bytes": 716800, "errors": {"connect": 0, \
+"read": 0, "write": 0, "status": 10, "timeout": 2}, "latency_us": {"min": 5000, "max": 512000, \
+"mean": 190120.0, "stdev": 40000.0, "percentiles": {"50": 180000, "75": 210000, "90": 250000, \
+"99": 400000, "99.9": 500000}}, "statuses": {"200": 1590, "503": 10}}
+BENCH_WRK_JSON_END
+"""
+
+
+def test_parse_and_summarize_wrk() -> None:
+    raw = parse_wrk_output(WRK_STDOUT)
+    s = summarize_wrk(raw, items_per_request=1)
+    assert s["requests_per_s"] == 160.0
+    assert s["ok_requests"] == 1590
+    assert s["ok_requests_per_s"] == 159.0
+    assert s["sentences_per_s"] == 159.0
+    assert s["latency_ms"]["p50"] == 180.0
+    assert s["latency_ms"]["p99"] == 400.0
+    assert s["statuses"] == {"200": 1590, "503": 10}
+    assert s["socket_errors"] == {"status": 10, "timeout": 2}
+    assert summarize_wrk(raw, items_per_request=4)["sentences_per_s"] == 636.0
+
+
+def test_wrk_output_without_block_is_an_error() -> None:
+    with pytest.raises(LoadGenError):
+        parse_wrk_output("Running 10s test\nRequests/sec: 1.0\n")
+
+
+def test_wrk_lua_script_ships_with_the_package() -> None:
+    from bench.wrkrun import LUA_SCRIPT
+
+    text = LUA_SCRIPT.read_text(encoding="utf-8")
+    assert "BENCH_WRK_JSON_BEGIN" in text and "function done" in text
+
+
+def test_openloop_summary() -> None:
+    payload = {
+        "sent": 500,
+        "completed": 480,
+        "errors": 5,
+        "elapsed_s": 10.0,
+        "clients": 40,
+        "mean_ms": 120.5,
+        "max_ms": 900,
+        "histogram_ms": {"100": 400, "200": 70, "900": 10},
+        "statuses": {"200": 475, "503": 5},
+    }
+    stdout = "noise\nBENCH_OPENLOOP_JSON_BEGIN\n" + json.dumps(payload)
+    stdout += "\nBENCH_OPENLOOP_JSON_END\n"
+    s = summarize_openloop(parse_openloop_output(stdout), offered_rate=50.0, items_per_request=1)
+    assert s["answered"] == 480
+    assert s["unanswered_at_end"] == 20
+    assert s["ok_requests_per_s"] == 47.5
+    assert s["latency_ms"]["p50"] == 100
+    assert s["latency_ms"]["p99"] == 900
+    assert s["statuses"] == {"200": 475, "503": 5}
+
+
+def test_parse_rates() -> None:
+    assert parse_rates(["10", "0.5x", "1.2x"], 100.0) == [10.0, 50.0, 120.0]
+    assert parse_rates(["0.5x"], None) == []
+    with pytest.raises(ValueError):
+        parse_rates(["-3"], 10.0)
+
+
+def test_url_helpers() -> None:
+    assert predict_url("http://h:1") == "http://h:1/predict"
+    assert predict_url("http://h:1/predict/") == "http://h:1/predict"
+    assert base_of("http://h:1/predict") == "http://h:1"
+
+
+def test_parse_variant() -> None:
+    v = parse_variant("int8+eager+pad8+t1")
+    assert (v.int8, v.attn, v.pad_multiple, v.threads) == (True, "eager", 8, 1)
+    assert parse_variant("fp32") == parse_variant("fp32").__class__("fp32")
+    assert parse_variant("threads2+sdpa").threads == 2
+    assert parse_variant("bf16").dtype == "bfloat16"
+    for bad in ("", "int4", "pad1", "t0", "int8+bf16"):
+        with pytest.raises(ValueError):
+            parse_variant(bad)
+
+
+def test_make_batches_and_padding() -> None:
+    lengths = [10, 50, 11, 49, 12, 48, 13, 47]
+    arrival = make_batches(lengths, 2, sort_by_length=False)
+    assert arrival == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    sorted_batches = make_batches(lengths, 2, sort_by_length=True)
+    assert sorted(sorted(b) for b in sorted_batches) == [[0, 2], [1, 3], [4, 6], [5, 7]]
+    eff_arrival = padding_efficiency(arrival, lengths, 1)
+    eff_sorted = padding_efficiency(sorted_batches, lengths, 1)
+    assert eff_sorted > 0.95 > 0.7 > eff_arrival
+    # Padding the width up to a multiple of 8 can only add padding.
+    assert padding_efficiency(sorted_batches, lengths, 8) < eff_sorted
+
+
+def test_cli_parser_and_env_pairs() -> None:
+    args = build_parser().parse_args(
+        ["run", "--quick", "--concurrency", "1,32", "--server-env", "MAX_BATCH_WAIT_MS=5"]
+    )
+    assert args.quick and args.concurrency == [1, 32]
+    assert _env_pairs(args.server_env) == {"MAX_BATCH_WAIT_MS": "5"}
+    with pytest.raises(Exception):  # noqa: B017 - argparse type error class is private-ish
+        _env_pairs(["nonsense"])
+
+
+def _step(kind: str, c: int, rps: float, p50: float) -> dict[str, Any]:
+    rps, p50 = float(rps), float(p50)
+    return {
+        "kind": kind,
+        "concurrency": c,
+        "offered_rate": rps,
+        "ok_requests_per_s": rps,
+        "sentences_per_s": rps,
+        "latency_ms": {"p50": p50, "p90": p50 * 2, "p99": p50 * 3},
+        "statuses": {"200": 100},
+        "socket_errors": {},
+        "unanswered_at_end": 0,
+        "generator": {"cpu_cores": 0.05},
+        "server": {"cpu_cores": 1.9, "rss_mib_peak": 400.0},
+        "server_metrics": None,
+    }
+
+
+def _result() -> dict[str, Any]:
+    ceiling_modes = {
+        "b1": {
+            "description": "batch 1",
+            "sentences_per_s": 75.0,
+            "padding_efficiency": 1.0,
+            "latency": {"p50_ms": 13.0, "p99_ms": 20.0},
+            "tokenize_share": 0.02,
+        },
+        "b32s": {
+            "description": "batch 32 sorted",
+            "sentences_per_s": 180.0,
+            "padding_efficiency": 0.95,
+            "batch_latency": {"p50_ms": 170.0, "p99_ms": 200.0},
+            "tokenize_share": 0.01,
+        },
+    }
+    return {
+        "command": "python -m bench run",
+        "quick": False,
+        "machine": {"cores": 2},
+        "settings": {"model_path": "model/default", "torch_threads": 2},
+        "tools": {"wrk": "wrk 4.1.0"},
+        "corpus": {
+            "size": 600,
+            "seed": 1,
+            "min_words": 5,
+            "max_words": 60,
+            "mean_words": 24.0,
+            "sentiment_mix": {},
+        },
+        "ceiling": {"variants": [{"modes": ceiling_modes, "model": {}}]},
+        "series": {
+            "baseline": {"steps": [_step("closed", 1, 60, 15), _step("closed", 32, 55, 600)]},
+            "batched": {
+                "cold_start": {"to_listening_s": 3.0, "to_ready_s": 6.0, "rss_mib_at_ready": 380},
+                "steps": [_step("closed", 1, 70, 14.5), _step("closed", 32, 150, 200)],
+            },
+            "open_loop": {"steps": [_step("open", 0, 100, 120)]},
+        },
+        "errors": [],
+    }
+
+
+def test_targets_pass_fail_and_skip() -> None:
+    statuses = [t.status for t in evaluate(_result())]
+    # 150/180 = 83% PASS; 150/55 = 2.7x PASS; 14.5 <= 13 + 2 PASS; no nginx SKIP; 6 s PASS.
+    assert statuses == ["PASS", "PASS", "PASS", "SKIP", "PASS"]
+    slow = _result()
+    slow["series"]["batched"]["steps"][1]["sentences_per_s"] = 100.0  # 56%, 1.8x
+    slow["series"]["batched"]["steps"][0]["latency_ms"]["p50"] = 15.5  # > 13 + 2
+    slow["series"]["batched"]["cold_start"]["to_ready_s"] = 12.0
+    assert [t.status for t in evaluate(slow)] == ["FAIL", "FAIL", "FAIL", "SKIP", "FAIL"]
+    with_nginx = _result()
+    with_nginx["series"]["nginx"] = {"steps": [_step("closed", 32, 140.0, 210.0)]}
+    nginx = evaluate(with_nginx)[3]
+    assert nginx.status == "FAIL" and "93%" in nginx.measured
+
+
+def test_markdown_and_outputs(tmp_path: Path) -> None:
+    result = _result()
+    add_fractions(result)
+    assert result["series"]["batched"]["steps"][1]["fraction_of_ceiling"] == pytest.approx(0.8333)
+    text = markdown(result, evaluate(result))
+    assert "**PASS**" in text and "| 32 | 150.0 |" in text
+    paths = write_outputs(_result(), tmp_path, "unit")
+    doc = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert doc["targets"][0]["status"] == "PASS"
+    assert paths["md"].exists()
