@@ -115,6 +115,9 @@ def validation_message(exc: RequestValidationError) -> str:
     """Build the 422 message from pydantic's errors, without the offending input."""
     parts = []
     for err in exc.errors()[:5]:
+        if err.get("type") == "extra_forbidden":  # the key itself is client input
+            parts.append("unknown field in the body; see /docs for the accepted fields")
+            continue
         loc = ".".join(_safe(str(p), _MAX_LOC_PART) for p in err.get("loc", ()) if p != "body")
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         msg = _safe(msg, _MAX_MESSAGE)

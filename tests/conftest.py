@@ -45,7 +45,7 @@ def tiny_single_logit_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_settings(model_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"model_path": model_path, "warmup": False} | overrides
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 AppFactory = Callable[..., FastAPI]
@@ -74,7 +74,7 @@ class AppClient:
         self.app = app
         self.client = client
 
-    async def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         value = self.app.state.metrics.registry.get_sample_value(name, labels or {})
         return float(value or 0.0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,7 +42,8 @@ def test_scores_match_the_transformers_pipeline(fixture, activation, request) ->
     assert classifier.activation == activation
     ours = _scores(classifier, TEXTS)  # padded batch, as the batcher runs it
     reference = pipeline("text-classification", model=str(path), top_k=None, device="cpu")
-    for row, expected in zip(ours, reference(TEXTS), strict=True):
+    expected_rows: list[Any] = reference(TEXTS)
+    for row, expected in zip(ours, expected_rows, strict=True):
         by_label = {item["label"]: item["score"] for item in expected}
         for index, label in enumerate(classifier.labels):
             assert row[index] == pytest.approx(by_label[label], abs=1e-5)

@@ -28,7 +28,7 @@ def test_missing_model_folder_names_the_fix(tmp_path: Path) -> None:
 
 
 def test_folder_without_config_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="no config.json"):
+    with pytest.raises(ValidationError, match=r"no config\.json"):
         make_settings(tmp_path)
 
 
@@ -43,7 +43,7 @@ def test_environment_variables_are_read(tiny_model: Path, monkeypatch) -> None:
     monkeypatch.setenv("MODEL_PATH", str(tiny_model))
     monkeypatch.setenv("MAX_BATCH_SIZE", "7")
     monkeypatch.setenv("LOG_LEVEL", "DEBUG")
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert settings.max_batch_size == 7
     assert settings.log_level == "debug"
 

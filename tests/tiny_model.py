@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
@@ -47,6 +48,7 @@ def build_tiny_model(
     )
     tokenizer.save_pretrained(path)
     torch.manual_seed(seed)
+    options: dict[str, Any] = {"problem_type": problem_type, "num_labels": len(labels)}
     config = BertConfig(
         vocab_size=len(vocab),
         hidden_size=32,
@@ -54,10 +56,9 @@ def build_tiny_model(
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=max_length,
-        num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
-        problem_type=problem_type,
+        **options,
     )
     BertForSequenceClassification(config).eval().save_pretrained(path)
     return path

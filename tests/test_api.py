@@ -1,0 +1,201 @@
+"""The HTTP contract, in process: shapes, every error path, request ids, probes, docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.schemas import BatchPredictResponse, SinglePredictResponse
+
+pytestmark = pytest.mark.anyio
+
+MARKER = "SECRET-INPUT-MARKER"
+
+
+@pytest.fixture
+async def api(start_app, settings_for) -> Any:
+    return await start_app(settings_for(max_items_per_request=4, max_text_chars=200))
+
+
+def _assert_error(response, status: int, error_type: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "error_type", "request_id"}
+    assert body["error_type"] == error_type
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert MARKER not in response.text
+    assert "Traceback" not in response.text
+    assert len(response.content) < 2048
+    return body
+
+
+async def test_single_text(api) -> None:
+    response = await api.client.post("/predict", json={"text": "I love this movie"})
+    assert response.status_code == 200
+    body = SinglePredictResponse.model_validate(response.json())
+    assert body.label in {"negative", "neutral", "positive"}
+    assert body.confidence == body.scores[0].score
+    assert sum(s.score for s in body.scores) == pytest.approx(1.0, abs=1e-5)
+    assert body.num_tokens == 6 and body.truncated is False
+    assert body.processing_time_ms > 0
+
+
+async def test_batch_keeps_input_order_and_top_k(api) -> None:
+    texts = ["good", "the flight was terrible", "I love this movie", "bad"]
+    response = await api.client.post("/predict", json={"texts": texts, "top_k": 1})
+    assert response.status_code == 200
+    body = BatchPredictResponse.model_validate(response.json())
+    assert len(body.predictions) == 4
+    assert all(len(p.scores) == 1 for p in body.predictions)
+    for text, prediction in zip(texts, body.predictions, strict=True):
+        alone = (await api.client.post("/predict", json={"text": text})).json()
+        assert prediction.label == alone["label"]
+        assert prediction.confidence == pytest.approx(alone["confidence"], abs=1e-5)
+        assert prediction.num_tokens == alone["num_tokens"]
+
+
+async def test_body_without_content_type_is_read_as_json(api) -> None:
+    response = await api.client.post("/predict", content=b'{"text": "good"}')
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"text": ""},
+        {"text": "   "},
+        {"text": 5},
+        {"text": ["a"]},
+        {"texts": []},
+        {"texts": ["good", ""]},
+        {"texts": "good"},
+        {},
+        {"text": "good", "texts": ["good"]},
+        {"text": "good", "top_k": 0},
+        {"text": "good", MARKER: 1},
+        {"text": "good", "truncate": "maybe"},
+        [MARKER],
+        MARKER,
+    ],
+)
+async def test_invalid_bodies_are_422(api, payload) -> None:
+    _assert_error(await api.client.post("/predict", json=payload), 422, "validation")
+
+
+async def test_lone_surrogate_is_422_not_500(api) -> None:
+    body = b'{"text": "' + MARKER.encode() + b'\\ud800"}'
+    response = await api.client.post(
+        "/predict", content=body, headers={"content-type": "application/json"}
+    )
+    error = _assert_error(response, 422, "validation")
+    assert "surrogate" in error["error"]
+
+
+async def test_malformed_json_and_bad_bytes(api) -> None:
+    response = await api.client.post(
+        "/predict",
+        content=b'{"text": "' + MARKER.encode(),
+        headers={"content-type": "application/json"},
+    )
+    _assert_error(response, 422, "validation")
+    response = await api.client.post(
+        "/predict", content=b'{"text": "\xff\xfe"}', headers={"content-type": "application/json"}
+    )
+    assert response.status_code in (400, 422)
+    _assert_error(
+        response,
+        response.status_code,
+        "bad_request" if response.status_code == 400 else "validation",
+    )
+
+
+async def test_form_content_type_is_415(api) -> None:
+    response = await api.client.post("/predict", data={"text": MARKER})
+    _assert_error(response, 415, "unsupported_media_type")
+
+
+async def test_limits_from_settings(api) -> None:
+    too_many = await api.client.post("/predict", json={"texts": ["good"] * 5})
+    assert "at most 4 items" in _assert_error(too_many, 422, "validation")["error"]
+    too_long = await api.client.post("/predict", json={"text": MARKER + "x" * 300})
+    error = _assert_error(too_long, 422, "validation")["error"]
+    assert "at most 200 characters" in error and "given 319" in error
+
+
+async def test_too_many_tokens_without_truncation(api) -> None:
+    text = " ".join(["i"] * 80)
+    cut = await api.client.post("/predict", json={"text": text})
+    assert cut.status_code == 200
+    assert cut.json()["truncated"] is True and cut.json()["num_tokens"] == 82
+    refused = await api.client.post("/predict", json={"text": text, "truncate": False})
+    error = _assert_error(refused, 422, "validation")["error"]
+    assert "82 tokens" in error and "limit of 64" in error
+
+
+async def test_body_over_the_limit_is_413(start_app, settings_for) -> None:
+    api = await start_app(settings_for(max_body_bytes=2048))
+    big = {"text": MARKER + "a" * 4000}
+    _assert_error(await api.client.post("/predict", json=big), 413, "too_large")
+
+    async def chunks():
+        for _ in range(8):
+            yield b"a" * 1024
+
+    streamed = await api.client.post(
+        "/predict", content=chunks(), headers={"content-type": "application/json"}
+    )
+    _assert_error(streamed, 413, "too_large")
+
+
+async def test_unknown_route_and_method(api) -> None:
+    _assert_error(await api.client.get("/nope"), 404, "not_found")
+    _assert_error(await api.client.get("/predict"), 405, "method_not_allowed")
+
+
+async def test_request_id_is_echoed_or_made(api) -> None:
+    given = await api.client.get("/health", headers={"x-request-id": "abc-123"})
+    assert given.headers["x-request-id"] == "abc-123"
+    made = await api.client.get("/health")
+    assert len(made.headers["x-request-id"]) == 32
+    unsafe = await api.client.get("/health", headers={"x-request-id": "a b\tc"})
+    assert unsafe.headers["x-request-id"] != "a b\tc"
+
+
+async def test_probes_and_model_info(api) -> None:
+    health = (await api.client.get("/health")).json()
+    assert health == {"status": "ok", "model_loaded": True, "device": "cpu", "phase": "ready"}
+    assert (await api.client.get("/ready")).json() == {"status": "ready"}
+    info = (await api.client.get("/model")).json()
+    assert info["labels"] == ["negative", "neutral", "positive"]
+    assert info["max_length"] == 64 and info["activation"] == "softmax"
+    assert len(info["folder_sha256"]) == 64
+    assert info["batching"]["max_items_per_request"] == 4
+
+
+async def test_metrics_count_requests_and_predictions(api) -> None:
+    await api.client.post("/predict", json={"texts": ["good", "bad"]})
+    await api.client.post("/predict", json={"text": ""})
+    text = (await api.client.get("/metrics")).text
+    assert 'textclf_requests_total{route="/predict",status="200"} 1.0' in text
+    assert 'textclf_requests_total{route="/predict",status="422"} 1.0' in text
+    assert "textclf_batch_size_bucket" in text and "textclf_input_tokens_count 2.0" in text
+    assert (
+        sum(
+            api.metric("textclf_predictions_total", {"label": label})
+            for label in ("negative", "neutral", "positive")
+        )
+        == 2
+    )
+    assert api.metric("textclf_prediction_confidence_count") == 2
+    assert "textclf_model_info{" in text and "textclf_ready 1.0" in text
+
+
+async def test_openapi_documents_every_status_and_docs_load(api) -> None:
+    spec = (await api.client.get("/openapi.json")).json()
+    responses = spec["paths"]["/predict"]["post"]["responses"]
+    assert {"200", "400", "413", "415", "422", "500", "503", "504"} <= set(responses)
+    examples = spec["components"]["schemas"]["PredictRequest"]["examples"]
+    assert any("texts" in e for e in examples)
+    docs = await api.client.get("/docs")
+    assert docs.status_code == 200 and "swagger-ui" in docs.text
