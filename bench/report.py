@@ -43,8 +43,12 @@ def _batch_cells(step: dict[str, Any]) -> list[str]:
 def _server_cells(step: dict[str, Any]) -> list[str]:
     srv = step.get("server") or {}
     gen = step.get("generator") or {}
+    proxy = step.get("proxy") or {}
+    cpu = _fmt(srv.get("cpu_cores"), 2)
+    if proxy.get("cpu_cores") is not None:
+        cpu += f" + nginx {_fmt(proxy['cpu_cores'], 2)}"
     return [
-        _fmt(srv.get("cpu_cores"), 2),
+        cpu,
         _fmt(srv.get("rss_mib_peak"), 0),
         _fmt(gen.get("cpu_cores"), 2),
     ]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.corpus import build_corpus, describe, request_bodies, write_bodies
+from bench.nginxlocal import LocalNginx, nginx_version
 from bench.openloop import find_loadtest, loadtest_version, run_openloop
 from bench.procmon import ProcessMonitor, find_listener_pid
 from bench.promstats import (
@@ -224,7 +225,12 @@ class Bench:
             )
 
     def closed_step(
-        self, url: str, metrics_url: str | None, pid: int | None, concurrency: int
+        self,
+        url: str,
+        metrics_url: str | None,
+        pid: int | None,
+        concurrency: int,
+        proxy_pid: int | None = None,
     ) -> dict[str, Any]:
         cfg = self.cfg
         if cfg.warmup_s > 0:
@@ -240,8 +246,10 @@ class Bench:
             settle(metrics_url)
         before = _snapshot(metrics_url, self.log)
         monitor = ProcessMonitor(pid) if pid else None
-        if monitor:
-            monitor.start()
+        proxy = ProcessMonitor(proxy_pid) if proxy_pid else None
+        for mon in (monitor, proxy):
+            if mon:
+                mon.start()
         step = run_wrk(
             url,
             self.bodies_file,
@@ -252,6 +260,7 @@ class Bench:
             items_per_request=cfg.items_per_request,
         )
         server = monitor.stop() if monitor else None
+        proxy_use = proxy.stop() if proxy else None
         # Let requests still in flight when wrk stopped finish before the after-snapshot.
         settle(metrics_url)
         after = _snapshot(metrics_url, self.log)
@@ -260,6 +269,7 @@ class Bench:
             "concurrency": concurrency,
             **step,
             "server": server,
+            "proxy": proxy_use,
             "server_metrics": step_metrics(before, after) if before and after else None,
         }
 
@@ -290,14 +300,20 @@ class Bench:
         }
 
     def sweep(
-        self, name: str, label: str, base_url: str, metrics_url: str | None, pid: int | None
+        self,
+        name: str,
+        label: str,
+        base_url: str,
+        metrics_url: str | None,
+        pid: int | None,
+        proxy_pid: int | None = None,
     ) -> dict[str, Any]:
         series = self.result["series"].setdefault(
             name, {"label": label, "url": base_url, "steps": []}
         )
         for c in self.cfg.concurrencies:
             try:
-                step = self.closed_step(predict_url(base_url), metrics_url, pid, c)
+                step = self.closed_step(predict_url(base_url), metrics_url, pid, c, proxy_pid)
             except LoadGenError as exc:
                 msg = f"{name} c={c}: {exc}"
                 self.log("  " + msg)
@@ -397,8 +413,8 @@ class Bench:
                 "batched", "server at --url (closed loop, wrk)", base, base + "/metrics", pid
             )
             reference = _c32_rps(series)
+            self._nginx(None, base, pid)
             self.open_loop(base, base + "/metrics", pid, reference)
-            self._nginx(None)
         else:
             if cfg.model_path is None:
                 raise SystemExit("no model: set MODEL_PATH or --model (or give --url)")
@@ -426,8 +442,9 @@ class Bench:
                     server.pid,
                 )
                 reference = _c32_rps(series)
+                # Nginx right after the direct sweep: the closer in time, the fairer the ratio.
+                self._nginx(server, server.base_url, server.pid)
                 self.open_loop(server.base_url, server.base_url + "/metrics", server.pid, reference)
-                self._nginx(server)
                 # Memory after all the load, so growth under load is visible.
                 self.result["series"]["batched"]["rss_mib_after_load"] = _rss_mib(server.pid)
             finally:
@@ -436,16 +453,46 @@ class Bench:
         self.result["wall_s"] = round(time.monotonic() - t0, 1)
         return self.result
 
-    def _nginx(self, server: ServerProcess | None) -> None:
+    def _nginx(self, server: ServerProcess | None, direct_base: str, pid: int | None) -> None:
         cfg = self.cfg
         if not cfg.nginx_url:
             return
+        if cfg.nginx_url == "local":
+            self._local_nginx(direct_base, pid)
+            return
         base = base_of(cfg.nginx_url)
-        # Server-side figures come from the app itself when the tool started it.
-        metrics = cfg.nginx_metrics_url or (server.base_url + "/metrics" if server else None)
-        pid = server.pid if server else cfg.server_pid
-        self.log(f"nginx: {base}")
-        self.sweep("nginx", "through Nginx (closed loop, wrk)", base, metrics, pid)
+        # The app behind an external Nginx is usually another instance (a container):
+        # its /metrics only if the user says where; no CPU figure (its PID is not ours).
+        metrics = cfg.nginx_metrics_url
+        self.log(f"nginx: {base} (external; app metrics: {metrics or 'none'})")
+        self.sweep("nginx", "through Nginx at --nginx-url (closed loop, wrk)", base, metrics, None)
+
+    def _local_nginx(self, direct_base: str, pid: int | None) -> None:
+        port = urllib.parse.urlparse(direct_base).port
+        if port is None:
+            self.result["errors"].append("--nginx-url local needs a local app with a port")
+            return
+        proxy = LocalNginx(upstream_port=port)
+        try:
+            proxy.start()
+        except RuntimeError as exc:
+            msg = f"local nginx: {exc}"
+            self.log(msg)
+            self.result["errors"].append(msg)
+            return
+        self.result["tools"]["nginx"] = nginx_version()
+        self.log(f"nginx: local proxy {proxy.base_url} -> {direct_base}")
+        try:
+            self.sweep(
+                "nginx",
+                "through a local Nginx in front of the same server (closed loop, wrk)",
+                proxy.base_url,
+                direct_base + "/metrics",
+                pid,
+                proxy_pid=proxy.pid,
+            )
+        finally:
+            proxy.stop()
 
 
 def _c32_rps(series: dict[str, Any]) -> float | None:
