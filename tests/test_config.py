@@ -68,3 +68,9 @@ def test_env_example_lists_every_setting() -> None:
     example = (Path(__file__).parent.parent / ".env.example").read_text()
     for name in Settings.model_fields:
         assert f"{name.upper()}=" in example, f"{name.upper()} missing from .env.example"
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`{name.upper()}`" in readme, f"{name.upper()} missing from the README table"
