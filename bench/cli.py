@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--threads", type=int, help="default: TORCH_THREADS or one per core")
     model.add_argument("--seconds", type=float, default=5.0, help="timed seconds per mode")
     model.add_argument("--warmup-s", type=float, default=1.0)
+    model.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds over all variants (interleaved); the median round is reported",
+    )
     model.add_argument("--max-length", type=int)
     model.add_argument("--corpus-size", type=int, default=DEFAULT_SIZE)
     model.add_argument("--corpus-seed", type=int, default=DEFAULT_SEED)
@@ -113,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from bench.model_only import MODES, measure_variant, parse_variant, versions
+    from bench.model_only import MODES, measure_variants, parse_variant, versions
+    from bench.sysinfo import load_average
 
     path = _model_path(args.model)
     if path is None:
@@ -127,22 +134,25 @@ def cmd_model(args: argparse.Namespace) -> int:
     variants = [parse_variant(v) for v in args.variants.split(",") if v.strip()]
     corpus = build_corpus(args.corpus_size, args.corpus_seed)
     texts = [s.text for s in corpus]
-    results = []
-    print(f"model {path}; {len(texts)} sentences; {args.seconds:g} s per mode")
+    print(
+        f"model {path}; {len(texts)} sentences; {args.seconds:g} s per mode; "
+        f"{args.repeat} round(s); load average {load_average()}"
+    )
+    results = measure_variants(
+        path,
+        variants,
+        texts,
+        modes=modes,
+        batch_size=args.batch_size,
+        seconds=args.seconds,
+        warmup_s=args.warmup_s,
+        threads=args.threads,
+        max_length=args.max_length,
+        repeat=args.repeat,
+        progress=print if args.repeat > 1 else None,
+    )
     print(f"{'variant':24s} {'threads':>7s} {'attn':>6s} " + " ".join(f"{m:>14s}" for m in modes))
-    for v in variants:
-        r = measure_variant(
-            path,
-            v,
-            texts,
-            modes=modes,
-            batch_size=args.batch_size,
-            seconds=args.seconds,
-            warmup_s=args.warmup_s,
-            threads=args.threads,
-            max_length=args.max_length,
-        )
-        results.append(r)
+    for r in results:
         cells = []
         for m in modes:
             res = r["modes"][m]
@@ -152,12 +162,17 @@ def cmd_model(args: argparse.Namespace) -> int:
             else:
                 cell += f" pe{res['padding_efficiency']:.2f}"
             cells.append(f"{cell:>14s}")
-        print(f"{v.spec:24s} {r['threads']:>7d} {r['attn_implementation']:>6s} " + " ".join(cells))
+        print(
+            f"{r['variant']:24s} {r['threads']:>7d} {r['attn_implementation']:>6s} "
+            + " ".join(cells)
+        )
     doc = {
         "model_path": str(path),
         "versions": versions(),
         "corpus": describe(corpus) | {"seed": args.corpus_seed},
         "seconds_per_mode": args.seconds,
+        "repeat": args.repeat,
+        "load_average": load_average(),
         "variants": results,
     }
     if args.json:

@@ -215,3 +215,21 @@ def test_markdown_and_outputs(tmp_path: Path) -> None:
     doc = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert doc["targets"][0]["status"] == "PASS"
     assert paths["md"].exists()
+
+
+def test_median_run_picks_the_middle_round() -> None:
+    from bench.model_only import median_run
+
+    runs = [{"sentences_per_s": 90.0}, {"sentences_per_s": 10.0}, {"sentences_per_s": 50.0}]
+    chosen = median_run(runs)
+    assert chosen["sentences_per_s"] == 50.0
+    assert chosen["runs_sentences_per_s"] == [90.0, 10.0, 50.0]
+
+
+def test_local_nginx_config_points_at_the_app(tmp_path: Path) -> None:
+    from bench.nginxlocal import render_config
+
+    conf = render_config(tmp_path, port=18080, upstream_port=18000)
+    assert "listen 127.0.0.1:18080;" in conf
+    assert "server 127.0.0.1:18000;" in conf
+    assert "keepalive" in conf and 'proxy_set_header Connection "";' in conf
