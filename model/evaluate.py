@@ -1,0 +1,111 @@
+"""Held-out evaluation: predictions from a save_pretrained folder and the metrics report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def compute_report(
+    y_true: Sequence[int], y_pred: Sequence[int], label_names: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
+
+    ``confusion_matrix[i][j]`` counts examples of true class i predicted as class j.
+    """
+    if len(y_true) != len(y_pred):
+        raise ValueError("y_true and y_pred differ in length")
+    k = len(label_names)
+    matrix = [[0] * k for _ in range(k)]
+    for t, p in zip(y_true, y_pred, strict=True):
+        matrix[t][p] += 1
+    n = len(y_true)
+    per_class: dict[str, dict[str, float | int]] = {}
+    for c, name in enumerate(label_names):
+        tp = matrix[c][c]
+        predicted = sum(matrix[r][c] for r in range(k))
+        support = sum(matrix[c])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {
+            "precision": round(precision, 6),
+            "recall": round(recall, 6),
+            "f1": round(f1, 6),
+            "support": support,
+        }
+    correct = sum(matrix[c][c] for c in range(k))
+    macro_f1 = sum(float(v["f1"]) for v in per_class.values()) / k if k else 0.0
+    return {
+        "n_examples": n,
+        "accuracy": round(correct / n, 6) if n else 0.0,
+        "macro_f1": round(macro_f1, 6),
+        "labels": list(label_names),
+        "per_class": per_class,
+        "confusion_matrix": matrix,
+    }
+
+
+def predict(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    batch_size: int = 64,
+    max_length: int = 128,
+) -> list[int]:
+    """Argmax class ids, batched by length (sorted) and returned in input order."""
+    import torch
+
+    model.train(False)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    preds = [0] * len(texts)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            enc = tokenizer(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            logits = model(**enc).logits
+            for i, p in zip(idx, logits.argmax(dim=-1).tolist(), strict=True):
+                preds[i] = int(p)
+    return preds
+
+
+def label_ids(labels: Sequence[int | str], label2id: dict[str, int]) -> list[int]:
+    return [label2id[x] if isinstance(x, str) else int(x) for x in labels]
+
+
+def evaluate_loaded(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    labels: Sequence[int | str],
+) -> dict[str, Any]:
+    id2label = {int(k): v for k, v in (model.config.id2label or {}).items()}
+    names = [id2label[i] for i in range(len(id2label))]
+    y_true = label_ids(labels, {name: i for i, name in enumerate(names)})
+    start = time.perf_counter()
+    y_pred = predict(model, tokenizer, texts)
+    report = compute_report(y_true, y_pred, names)
+    report["eval_seconds"] = round(time.perf_counter() - start, 3)
+    return report
+
+
+def evaluate(
+    model_dir: str | Path, texts: Sequence[str], labels: Sequence[int | str]
+) -> dict[str, Any]:
+    """Evaluate a save_pretrained classifier folder; labels are class ids or label names."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+    return evaluate_loaded(model, tokenizer, texts, labels)

