@@ -111,6 +111,11 @@ def _safe(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _is_field(part: object) -> bool:
+    """Field names and list indexes, not pydantic's internal union-branch tags."""
+    return part != "body" and not (isinstance(part, str) and ("[" in part or "(" in part))
+
+
 def validation_message(exc: RequestValidationError) -> str:
     """Build the 422 message from pydantic's errors, without the offending input."""
     parts = []
@@ -118,7 +123,9 @@ def validation_message(exc: RequestValidationError) -> str:
         if err.get("type") == "extra_forbidden":  # the key itself is client input
             parts.append("unknown field in the body; see /docs for the accepted fields")
             continue
-        loc = ".".join(_safe(str(p), _MAX_LOC_PART) for p in err.get("loc", ()) if p != "body")
+        if err.get("type") == "none_required":  # the other branch of an optional field
+            continue
+        loc = ".".join(_safe(str(p), _MAX_LOC_PART) for p in err.get("loc", ()) if _is_field(p))
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         msg = _safe(msg, _MAX_MESSAGE)
         parts.append(f"{loc}: {msg}" if loc else msg)

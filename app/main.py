@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -60,6 +61,21 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await lifecycle.service.close()
 
 
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """Put this deployment's request limits into the OpenAPI schema that /docs shows."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            fields = schema["components"]["schemas"]["PredictRequest"]["properties"]
+            fields["text"]["maxLength"] = settings.max_text_chars
+            fields["texts"]["maxItems"] = settings.max_items_per_request
+            fields["texts"]["items"]["maxLength"] = settings.max_text_chars
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -83,6 +99,7 @@ def create_app(
     app.state.lifecycle = Lifecycle(on_fatal=on_fatal)
     app.state.loader = loader
     app.include_router(router)
+    _document_limits(app, settings)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)

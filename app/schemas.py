@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+
+# Whitespace as JSON Schema (ECMAScript) defines it, so the schema's pattern and this check agree.
+_NON_BLANK = (
+    "[^\\t\\n\\v\\f\\r \\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff]"
+)
+_NON_BLANK_RE = re.compile(_NON_BLANK)
 
 
 def _valid_text(value: str) -> str:
-    if not value.strip():
+    if not _NON_BLANK_RE.search(value):
         raise ValueError("text must not be empty or only whitespace")
     try:
         value.encode("utf-8")
@@ -17,7 +33,19 @@ def _valid_text(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(_valid_text)]
+# The schema says what the validator enforces, so generated clients and fuzzers agree with it.
+def _whole_number(value: object) -> object:
+    """JSON Schema counts 3.0 as an integer; strict pydantic would not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Text = Annotated[
+    str,
+    AfterValidator(_valid_text),
+    WithJsonSchema({"type": "string", "minLength": 1, "pattern": _NON_BLANK}),
+]
 
 _SINGLE_EXAMPLE: dict[str, Any] = {
     "text": "The support team fixed my problem in minutes, thank you!"
@@ -33,13 +61,19 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [_SINGLE_EXAMPLE, _BATCH_EXAMPLE]},
+        strict=True,  # 0 is not false and "3" is not 3: the body must match the schema
+        json_schema_extra={
+            "examples": [_SINGLE_EXAMPLE, _BATCH_EXAMPLE],
+            "oneOf": [{"required": ["text"]}, {"required": ["texts"]}],
+        },
     )
 
-    text: Text | None = Field(None, description="one text to classify")
-    texts: list[Text] | None = Field(None, min_length=1, description="several texts, one call")
-    top_k: int | None = Field(
-        None, ge=1, description="return only the k best label scores (default: all labels)"
+    text: Text | SkipJsonSchema[None] = Field(None, description="one text to classify")
+    texts: Annotated[list[Text], Field(min_length=1)] | SkipJsonSchema[None] = Field(
+        None, description="several texts, one call"
+    )
+    top_k: Annotated[int, Field(ge=1), BeforeValidator(_whole_number)] | None = Field(
+        None, description="return only the k best label scores (null or absent: all labels)"
     )
     truncate: bool = Field(
         True,
@@ -49,6 +83,9 @@ class PredictRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_of(self) -> PredictRequest:
+        for name in ("text", "texts"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"`{name}` must not be null")
         if (self.text is None) == (self.texts is None):
             raise ValueError("give exactly one of `text` or `texts`")
         return self

@@ -199,3 +199,21 @@ async def test_openapi_documents_every_status_and_docs_load(api) -> None:
     assert any("texts" in e for e in examples)
     docs = await api.client.get("/docs")
     assert docs.status_code == 200 and "swagger-ui" in docs.text
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"text": None},
+        {"text": None, "texts": ["good"]},
+        {"text": "good", "top_k": "2"},
+        {"text": "good", "truncate": 0},
+    ],
+)
+async def test_strict_types_match_the_schema(api, payload) -> None:
+    _assert_error(await api.client.post("/predict", json=payload), 422, "validation")
+
+
+async def test_null_top_k_means_all_labels(api) -> None:
+    body = (await api.client.post("/predict", json={"text": "good", "top_k": None})).json()
+    assert len(body["scores"]) == 3
