@@ -37,6 +37,7 @@ class BatchLimits:
     max_wait_s: float
     max_queue: int
     pad_multiple: int = 1
+    workers: int = 1
 
 
 @dataclass(eq=False)
@@ -74,7 +75,9 @@ class Batcher:
         self._cost = cost
         self._pending: list[_Item] = []
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._executor = ThreadPoolExecutor(
+            max_workers=limits.workers, thread_name_prefix="inference"
+        )
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._last_rows = 0
@@ -138,21 +141,55 @@ class Batcher:
                     item.future.cancel()
 
     async def _run(self) -> None:
+        """Keep up to `workers` forward passes going; plan each one from the oldest text."""
+        slots = asyncio.Semaphore(self._limits.workers)
+        running: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await slots.acquire()
+                batch = await self._next_batch(loop)
+                task = asyncio.create_task(self._execute(loop, batch, slots))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _next_batch(self, loop: asyncio.AbstractEventLoop) -> list[_Item]:
         while True:
             if not self._pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 await self._gather_more(loop)
             self._pending = [item for item in self._pending if not item.future.done()]
-            self._metrics.queue_depth.set(len(self._pending))
-            if not self._pending:
-                continue
-            window = self._pending[: self._limits.max_rows * 4]
-            outcome = await loop.run_in_executor(self._executor, self._step, window)
-            chosen = set(map(id, outcome.items))
-            self._pending = [item for item in self._pending if id(item) not in chosen]
+            if self._pending:
+                batch = self._plan(self._pending[: self._limits.max_rows * 2])
+                chosen = set(map(id, batch))
+                self._pending = [item for item in self._pending if id(item) not in chosen]
+                self._metrics.queue_depth.set(len(self._pending))
+                return batch
+            self._metrics.queue_depth.set(0)
+
+    def _plan(self, window: list[_Item]) -> list[_Item]:
+        """The cheapest split of the window; the batch that holds the oldest text runs now."""
+        plan = plan_batches(
+            [len(item.ids) for item in window],
+            max_rows=self._limits.max_rows,
+            max_tokens=self._limits.max_tokens,
+            cost=self._cost,
+            pad_multiple=self._limits.pad_multiple,
+        )
+        return [window[i] for i in next(b for b in plan if 0 in b)]
+
+    async def _execute(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Item], slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            outcome = await loop.run_in_executor(self._executor, self._forward_batch, batch)
             self._finish(outcome)
+        finally:
+            slots.release()
 
     async def _gather_more(self, loop: asyncio.AbstractEventLoop) -> None:
         """While busy, wait briefly for as many texts as the last batch had; never when idle."""
@@ -172,35 +209,18 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _step(self, window: list[_Item]) -> _Outcome:
-        """In the inference thread: plan over the window, run the batch holding the oldest text."""
-        live = [item for item in window if not item.future.done()]
+    def _forward_batch(self, items: list[_Item]) -> _Outcome:
+        """In an inference thread. A model bug fails its batch, never the worker."""
+        live = [item for item in items if not item.future.done()]
         if not live:
-            return _Outcome(items=window, scores=[None] * len(window), seconds=0.0, width=0)
-        plan = plan_batches(
-            [len(item.ids) for item in live],
-            max_rows=self._limits.max_rows,
-            max_tokens=self._limits.max_tokens,
-            cost=self._cost,
-            pad_multiple=self._limits.pad_multiple,
-        )
-        batch = next(b for b in plan if 0 in b)
-        items = [live[i] for i in batch]
-        dead = [item for item in window if item.future.done()]
-        width = padded_width(max(len(item.ids) for item in items), self._limits.pad_multiple)
+            return _Outcome(items=items, scores=[None] * len(items), seconds=0.0, width=0)
+        width = padded_width(max(len(item.ids) for item in live), self._limits.pad_multiple)
         start = time.perf_counter()
         try:
-            scores, oom = self._forward_splitting(items, width)
-        except Exception as exc:  # a model bug must fail its batch, not the worker
-            return _Outcome(items + dead, [None] * (len(items) + len(dead)), 0.0, 0, error=exc)
-        seconds = time.perf_counter() - start
-        return _Outcome(
-            items=items + dead,
-            scores=scores + [None] * len(dead),
-            seconds=seconds,
-            width=width,
-            out_of_memory=oom,
-        )
+            scores, oom = self._forward_splitting(live, width)
+        except Exception as exc:
+            return _Outcome(live, [None] * len(live), 0.0, width, error=exc)
+        return _Outcome(live, scores, time.perf_counter() - start, width, out_of_memory=oom)
 
     def _forward_splitting(
         self, items: list[_Item], width: int

@@ -100,8 +100,9 @@ class HFClassifier:
         path = settings.model_path
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        threads = settings.torch_threads or max(1, cpu_count() // settings.inference_workers)
+        torch.set_num_threads(threads)
+        self.threads = threads
         try:
             self._tokenizer: Any = AutoTokenizer.from_pretrained(path, local_files_only=True)
             model: Any = AutoModelForSequenceClassification.from_pretrained(

@@ -29,7 +29,10 @@ class Settings(BaseSettings):
     device: Device = Field("auto", description="auto picks CUDA when available, else CPU")
     dtype: DType = Field("auto", description="auto: float32 on CPU, float16 on CUDA")
     torch_threads: int = Field(
-        0, ge=0, description="intra-op threads for the forward pass; 0 = one per CPU core"
+        0, ge=0, description="intra-op threads per forward pass; 0 = CPU cores / INFERENCE_WORKERS"
+    )
+    inference_workers: int = Field(
+        1, ge=1, le=16, description="forward passes run at once (threads sharing one model)"
     )
     max_length: int | None = Field(
         None, gt=1, description="token limit per text; default the model's own limit"

@@ -248,3 +248,28 @@ async def test_self_test_gates_readiness(
         await asyncio.sleep(0.05)
     assert reasons and "self-test" in reasons[0] and "5 of 5" in reasons[0]
     assert (await failing.client.get("/ready")).status_code == 503
+
+
+async def test_two_workers_run_two_forward_passes_at_once(start_app, settings_for) -> None:
+    recorder = Recorder(delay_s=0.1)
+    active = {"now": 0, "max": 0}
+    lock = threading.Lock()
+    api = await start_app(
+        settings_for(inference_workers=2, max_batch_size=4), loader=recorder.loader
+    )
+    forward = api.app.state.lifecycle.service.classifier.forward
+
+    def counting(rows: Any, width: int) -> Any:
+        with lock:
+            active["now"] += 1
+            active["max"] = max(active["max"], active["now"])
+        try:
+            return forward(rows, width)
+        finally:
+            with lock:
+                active["now"] -= 1
+
+    api.app.state.lifecycle.service.classifier.forward = counting
+    responses = await asyncio.gather(*(_post(api.client, t) for t in TEXTS * 4))
+    assert all(r.status_code == 200 for r in responses)
+    assert active["max"] == 2
