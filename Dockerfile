@@ -18,7 +18,6 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # ---------------------------------------------------------------- builder ---
 FROM ${PYTHON_IMAGE} AS builder
 
-ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
@@ -47,18 +46,24 @@ ENV PATH=/opt/venv/bin:${PATH}
 
 # Dependencies before code: this layer is rebuilt only when requirements.txt changes.
 # torch first, from its variant's index; every other pin from PIP_INDEX_URL.
-# Empty pip build args are dropped (pip would read "" as a setting).
+# Empty pip build args are dropped (pip would read "" as a setting). The torch
+# pin is the one in requirements.txt (hence DL3013 cannot see it).
 COPY requirements.txt /tmp/requirements.txt
-RUN for var in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_TRUSTED_HOST; do \
-        if [ -z "${!var:-}" ]; then unset "${var}"; fi; \
-    done \
+# hadolint ignore=DL3013
+RUN if [ -z "${PIP_INDEX_URL:-}" ]; then unset PIP_INDEX_URL; fi \
+    && if [ -z "${PIP_EXTRA_INDEX_URL:-}" ]; then unset PIP_EXTRA_INDEX_URL; fi \
+    && if [ -z "${PIP_FIND_LINKS:-}" ]; then unset PIP_FIND_LINKS; fi \
+    && if [ -z "${PIP_TRUSTED_HOST:-}" ]; then unset PIP_TRUSTED_HOST; fi \
     && torch_pin="$(grep -E '^torch==' /tmp/requirements.txt)" \
     && pip install --no-compile ${TORCH_INDEX_URL:+--extra-index-url "${TORCH_INDEX_URL}"} "${torch_pin}" \
     && pip install --no-compile -r /tmp/requirements.txt
 
+# cpu | cuda: the build fails when the installed torch is not that variant.
+# Declared here, after the install, so that changing it keeps that layer cached.
+ARG TORCH_VARIANT=cpu
 COPY deploy/docker/slim-venv.sh deploy/docker/warm_imports.py /tmp/build/
 RUN sh /tmp/build/slim-venv.sh /opt/venv "${STRIP_SYMBOLS}" \
-    && PYTHONDONTWRITEBYTECODE= python /tmp/build/warm_imports.py "${TORCH_VARIANT}"
+    && env -u PYTHONDONTWRITEBYTECODE python /tmp/build/warm_imports.py "${TORCH_VARIANT}"
 
 # ---------------------------------------------------------------- runtime ---
 FROM ${PYTHON_IMAGE} AS runtime

@@ -25,7 +25,7 @@ log() { printf '[wheelhouse] %s\n' "$*" >&2; }
 
 torch_version="$(sed -nE 's/^torch==([^ ;#]+).*/\1/p' "${REQS}")"
 [[ -n "${torch_version}" ]] || { log "no torch==X pin in ${REQS}"; exit 1; }
-torch_wheel="$(ls "${TORCH_WHEEL_DIR}"/torch-"${torch_version}"[+-]*cp311*.whl 2>/dev/null | head -n1 || true)"
+torch_wheel="$(find "${TORCH_WHEEL_DIR}" -maxdepth 1 -name "torch-${torch_version}[+-]*-cp311-*.whl" 2>/dev/null | sort | head -n1 || true)"
 
 # The cache key: the requirements file, the torch wheel and this script.
 key="$(cat "${REQS}" "${BASH_SOURCE[0]}" <(echo "${torch_wheel##*/}") | sha256sum | cut -c1-16)"
@@ -61,7 +61,7 @@ log "downloading wheels (first run only; cached in ${WHEELHOUSE})"
 mkdir -p "${tmp}/simple"
 for whl in "${tmp}"/dl/*.whl; do
     base="${whl##*/}"
-    name="$(printf '%s' "${base%%-*}" | tr 'A-Z' 'a-z' | sed -E 's/[-_.]+/-/g')"
+    name="$(printf '%s' "${base%%-*}" | tr '[:upper:]' '[:lower:]' | sed -E 's/[-_.]+/-/g')"
     mkdir -p "${tmp}/simple/${name}"
     mv "${whl}" "${tmp}/simple/${name}/"
 done

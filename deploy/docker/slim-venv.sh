@@ -31,11 +31,12 @@ find "${sp}" -name '*.pyi' -delete
 # Most wheels ship their shared libraries with full symbol tables (.symtab:
 # ~100 MB in torch alone); the dynamic symbols the loader needs (.dynsym) stay.
 # Packages repaired by auditwheel (those with a sibling <pkg>.libs folder) are
-# left alone: stripping patchelf-edited files can corrupt them.
+# left alone: stripping patchelf-edited files can corrupt them; so are the
+# CUDA libraries and compilers of the CUDA variant (nvidia-*, triton).
 if [ "${strip_symbols}" = 1 ]; then
     for pkg in "${sp}"/*/; do
         pkg="${pkg%/}"
-        case "${pkg}" in *.libs | *.dist-info) continue ;; esac
+        case "${pkg##*/}" in *.libs | *.dist-info | nvidia | triton) continue ;; esac
         [ -d "${pkg}.libs" ] && continue
         find "${pkg}" -type f \( -name '*.so' -o -name '*.so.*' -o -name torch_shm_manager \) \
             -exec strip --strip-unneeded {} +

@@ -7,6 +7,9 @@ ARG DEBIAN_BASE=textclf-standin/debian:bookworm-v2
 FROM ${DEBIAN_BASE}
 ARG STANDIN_RECIPE=dev
 
+# A stand-in tracks Debian bookworm; pinning its package versions would only
+# make it fail when the mirror moves on.
+# hadolint ignore=DL3008
 RUN groupadd --system --gid 101 nginx \
     && useradd --system --uid 101 --gid nginx --no-create-home \
         --home-dir /nonexistent --shell /bin/false nginx \

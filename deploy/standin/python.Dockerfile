@@ -8,6 +8,9 @@ ARG STANDIN_RECIPE=dev
 
 # python/pip/venv usable the way the official image's are: `python`, `pip` and
 # `python -m venv` (with ensurepip) work, and pip may install as root.
+# A stand-in tracks Debian bookworm; pinning its package versions would only
+# make it fail when the mirror moves on.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         ca-certificates python3 python3-venv python3-pip python-is-python3 \
