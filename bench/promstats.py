@@ -164,8 +164,14 @@ def summarize_histogram(h: Histogram, digits: int = 3, floor: float = 0.0) -> di
     }
 
 
-def step_metrics(before: Snapshot, after: Snapshot, route: str = "/predict") -> dict[str, object]:
-    """Everything the report wants from the server's side of one step."""
+def step_metrics(
+    before: Snapshot, after: Snapshot, route: str = "/predict", clean: bool = True
+) -> dict[str, object]:
+    """Everything the report wants from the server's side of one step.
+
+    `clean`: no text was in flight at either snapshot (recorded; the figures below are
+    built so that stragglers at the edges of the window barely move them).
+    """
     sizes = histogram(after, BATCH_SIZE).minus(histogram(before, BATCH_SIZE))
     padding = histogram(after, BATCH_PADDING).minus(histogram(before, BATCH_PADDING))
     padded = histogram(after, BATCH_TOKENS).minus(histogram(before, BATCH_TOKENS))
@@ -173,10 +179,17 @@ def step_metrics(before: Snapshot, after: Snapshot, route: str = "/predict") -> 
     wait = histogram(after, QUEUE_WAIT).minus(histogram(before, QUEUE_WAIT))
     infer = histogram(after, INFERENCE).minus(histogram(before, INFERENCE))
     # Token-weighted efficiency (all real tokens / all padded tokens) is what costs CPU;
-    # the per-batch histogram mean weighs a batch of 1 like a batch of 32.
-    token_weighted = real.total / padded.total if padded.total > 0 else None
+    # the per-batch histogram mean weighs a batch of 1 like a batch of 32. Real tokens are
+    # counted per text at tokenization, which can fall outside the step's window for texts
+    # in flight at its edges, so use mean tokens per text x texts actually forwarded.
+    token_weighted = (
+        real.mean * sizes.total / padded.total
+        if real.mean is not None and padded.total > 0
+        else None
+    )
     return {
         "forward_passes": round(sizes.count),
+        "clean_window": clean,
         "batch_size": summarize_histogram(sizes, 2, floor=1.0),
         "padding_efficiency": summarize_histogram(padding, 3),
         "padding_efficiency_token_weighted": _r(token_weighted),

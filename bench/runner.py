@@ -95,14 +95,18 @@ def base_of(url: str) -> str:
     return url[: -len("/predict")] if url.endswith("/predict") else url
 
 
-def settle(metrics_url: str | None, max_s: float = 10.0, poll_s: float = 0.25) -> float:
+def settle(metrics_url: str | None, max_s: float = 15.0, poll_s: float = 0.25) -> bool:
     """Wait until the server has finished the requests that were in flight when the load
-    generator stopped, so the next snapshot belongs to one step only. Returns seconds waited.
+    generator stopped, so the next snapshot belongs to one step only.
+
+    True when every tokenized text was forwarded or rejected, or the server sat idle for a
+    second (a text dropped without a rejection count never balances). The default limit
+    outlasts the app's 10 s request deadline, after which leftovers are rejected.
     """
     t0 = time.monotonic()
     if metrics_url is None:
         time.sleep(0.5)
-        return 0.5
+        return False
     previous: tuple[float, float] | None = None
     quiet_polls = 0
     while time.monotonic() - t0 < max_s:
@@ -110,18 +114,19 @@ def settle(metrics_url: str | None, max_s: float = 10.0, poll_s: float = 0.25) -
             snap = fetch_snapshot(metrics_url)
         except (OSError, ValueError):
             time.sleep(0.5)
-            break
+            return False
         pending = pending_texts(snap)
         state = (histogram(snap, INPUT_TOKENS).count, histogram(snap, BATCH_SIZE).total)
         if pending <= 0 and (gauge(snap, QUEUE_DEPTH) or 0.0) <= 0:
-            break
-        # Fallback when the counts cannot balance (e.g. a text rejected after tokenizing).
-        quiet_polls = quiet_polls + 1 if state == previous else 0
+            return True
+        # Fallback when the counts cannot balance (e.g. a text dropped after tokenizing).
+        idle = (gauge(snap, QUEUE_DEPTH) or 0.0) <= 0
+        quiet_polls = quiet_polls + 1 if state == previous and idle else 0
         if quiet_polls >= 4:
-            break
+            return True
         previous = state
         time.sleep(poll_s)
-    return round(time.monotonic() - t0, 3)
+    return False
 
 
 def _snapshot(metrics_url: str | None, log: Log) -> Snapshot | None:
@@ -243,7 +248,7 @@ class Bench:
                 timeout_s=cfg.request_timeout_s,
                 items_per_request=cfg.items_per_request,
             )
-            settle(metrics_url)
+        clean_start = settle(metrics_url)
         before = _snapshot(metrics_url, self.log)
         monitor = ProcessMonitor(pid) if pid else None
         proxy = ProcessMonitor(proxy_pid) if proxy_pid else None
@@ -262,7 +267,7 @@ class Bench:
         server = monitor.stop() if monitor else None
         proxy_use = proxy.stop() if proxy else None
         # Let requests still in flight when wrk stopped finish before the after-snapshot.
-        settle(metrics_url)
+        clean_end = settle(metrics_url)
         after = _snapshot(metrics_url, self.log)
         return {
             "kind": "closed",
@@ -270,13 +275,18 @@ class Bench:
             **step,
             "server": server,
             "proxy": proxy_use,
-            "server_metrics": step_metrics(before, after) if before and after else None,
+            "server_metrics": (
+                step_metrics(before, after, clean=clean_start and clean_end)
+                if before and after
+                else None
+            ),
         }
 
     def open_step(
         self, url: str, metrics_url: str | None, pid: int | None, rate: float
     ) -> dict[str, Any]:
         cfg = self.cfg
+        clean_start = settle(metrics_url)
         before = _snapshot(metrics_url, self.log)
         monitor = ProcessMonitor(pid) if pid else None
         if monitor:
@@ -290,13 +300,17 @@ class Bench:
             items_per_request=cfg.items_per_request,
         )
         server = monitor.stop() if monitor else None
-        settle(metrics_url)
+        clean_end = settle(metrics_url)
         after = _snapshot(metrics_url, self.log)
         return {
             "kind": "open",
             **step,
             "server": server,
-            "server_metrics": step_metrics(before, after) if before and after else None,
+            "server_metrics": (
+                step_metrics(before, after, clean=clean_start and clean_end)
+                if before and after
+                else None
+            ),
         }
 
     def sweep(
