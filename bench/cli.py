@@ -151,7 +151,8 @@ def cmd_model(args: argparse.Namespace) -> int:
         repeat=args.repeat,
         progress=print if args.repeat > 1 else None,
     )
-    print(f"{'variant':24s} {'threads':>7s} {'attn':>6s} " + " ".join(f"{m:>14s}" for m in modes))
+    head = f"{'variant':24s} {'threads':>7s} {'streams':>7s} {'attn':>6s} "
+    print(head + " ".join(f"{m:>14s}" for m in modes))
     for r in results:
         cells = []
         for m in modes:
@@ -163,8 +164,8 @@ def cmd_model(args: argparse.Namespace) -> int:
                 cell += f" pe{res['padding_efficiency']:.2f}"
             cells.append(f"{cell:>14s}")
         print(
-            f"{r['variant']:24s} {r['threads']:>7d} {r['attn_implementation']:>6s} "
-            + " ".join(cells)
+            f"{r['variant']:24s} {r['threads']:>7d} {r['streams']:>7d} "
+            f"{r['attn_implementation']:>6s} " + " ".join(cells)
         )
     doc = {
         "model_path": str(path),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -37,10 +38,12 @@ class Variant:
     pad_multiple: int | None = None
     threads: int | None = None
     dtype: str = "float32"
+    streams: int = 1
 
 
 def parse_variant(spec: str) -> Variant:
-    """Tokens: fp32|base, int8, sdpa|eager, padN (N>=2), tN|threadsN, bf16."""
+    """Tokens: fp32|base, int8, sdpa|eager, padN (N>=2), tN|threadsN, wN (N parallel
+    streams sharing the model, like the app's INFERENCE_WORKERS), bf16."""
     spec = spec.strip()
     if not spec:
         raise ValueError("empty variant")
@@ -49,6 +52,7 @@ def parse_variant(spec: str) -> Variant:
     pad: int | None = None
     threads: int | None = None
     dtype = "float32"
+    streams = 1
     for token in spec.lower().split("+"):
         if token in ("fp32", "base", "default"):
             continue
@@ -64,22 +68,28 @@ def parse_variant(spec: str) -> Variant:
             threads = int(token[7:])
         elif token.startswith("t") and token[1:].isdigit() and int(token[1:]) >= 1:
             threads = int(token[1:])
+        elif token.startswith("w") and token[1:].isdigit() and int(token[1:]) >= 1:
+            streams = int(token[1:])
         else:
             raise ValueError(f"unknown variant token {token!r} in {spec!r}")
     if int8 and dtype != "float32":
         raise ValueError("int8 dynamic quantization needs float32 weights")
-    return Variant(spec, int8, attn, pad, threads, dtype)
+    return Variant(spec, int8, attn, pad, threads, dtype, streams)
 
 
-def default_threads() -> int:
-    """What the app uses with TORCH_THREADS unset/0: one thread per CPU core."""
-    env = os.environ.get("TORCH_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+def cpu_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def default_threads(streams: int = 1) -> int:
+    """What the app uses with TORCH_THREADS unset/0: CPU cores / INFERENCE_WORKERS."""
+    env = os.environ.get("TORCH_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, cpu_cores() // max(1, streams))
 
 
 def make_batches(lengths: Sequence[int], batch_size: int, sort_by_length: bool) -> list[list[int]]:
@@ -118,7 +128,12 @@ class ModelRunner:
         self.variant = variant
         self.threads = variant.threads or threads
         torch.set_num_threads(self.threads)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        # One tokenizer per stream: a fast tokenizer shared across threads raises
+        # "Already borrowed" when two calls set padding/truncation at once.
+        self.tokenizers = [
+            AutoTokenizer.from_pretrained(str(model_path)) for _ in range(variant.streams)
+        ]
+        self.tokenizer = self.tokenizers[0]
         kwargs: dict[str, Any] = {}
         if variant.attn is not None:
             kwargs["attn_implementation"] = variant.attn
@@ -147,11 +162,11 @@ class ModelRunner:
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         return [len(ids) for ids in enc["input_ids"]]
 
-    def run_batch(self, texts: Sequence[str]) -> tuple[float, float, int, int]:
+    def run_batch(self, texts: Sequence[str], stream: int = 0) -> tuple[float, float, int, int]:
         """(tokenize seconds, total seconds, real tokens, padded tokens) for one batch."""
         torch = self.torch
         t0 = time.perf_counter()
-        enc = self.tokenizer(
+        enc = self.tokenizers[stream](
             list(texts),
             padding=True,
             truncation=True,
@@ -178,37 +193,65 @@ def measure_mode(
     warmup_s: float,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Any]:
-    """Cycle through the corpus batches for `seconds` after `warmup_s` of untimed passes."""
+    """Cycle through the corpus batches for `seconds` after `warmup_s` of untimed passes.
+
+    With `streams` > 1, that many threads share the model and take batches in turn;
+    the rate is sentences over wall time.
+    """
     size = 1 if mode == "b1" else batch_size
     batches = make_batches(lengths, size, sort_by_length=(mode == "b32s"))
+    streams = runner.variant.streams
     start = clock()
     i = 0
     while clock() - start < warmup_s or i < 2:
         runner.run_batch([texts[j] for j in batches[i % len(batches)]])
         i += 1
+    lock = threading.Lock()
     durations: list[float] = []
-    tok_total = 0.0
-    real = padded = sentences = 0
+    totals = {"tok": 0.0, "real": 0, "padded": 0, "sentences": 0}
+    cursor = [i]
+
+    def worker(stream: int) -> None:
+        while True:
+            with lock:
+                if clock() - start >= seconds and len(durations) >= 3:
+                    return
+                batch = batches[cursor[0] % len(batches)]
+                cursor[0] += 1
+            tok_s, total_s, r, p = runner.run_batch([texts[j] for j in batch], stream)
+            with lock:
+                durations.append(total_s)
+                totals["tok"] += tok_s
+                totals["real"] += r
+                totals["padded"] += p
+                totals["sentences"] += len(batch)
+
     start = clock()
-    while clock() - start < seconds or len(durations) < 3:
-        batch = batches[(i + len(durations)) % len(batches)]
-        tok_s, total_s, r, p = runner.run_batch([texts[j] for j in batch])
-        durations.append(total_s)
-        tok_total += tok_s
-        real += r
-        padded += p
-        sentences += len(batch)
+    if streams == 1:
+        worker(0)
+    else:
+        pool = [threading.Thread(target=worker, args=(k,)) for k in range(streams)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+    wall = clock() - start
     busy = sum(durations)
+    # One stream: the busy time (excludes the loop's own overhead); several: wall time.
+    basis = busy if streams == 1 else wall
+    real, padded, sentences = int(totals["real"]), int(totals["padded"]), int(totals["sentences"])
     out: dict[str, Any] = {
         "mode": mode,
-        "description": MODE_HELP[mode].replace("batch N", f"batch {size}"),
+        "description": MODE_HELP[mode].replace("batch N", f"batch {size}")
+        + (f", {streams} parallel streams" if streams > 1 else ""),
         "batch_size": size,
+        "streams": streams,
         "batches": len(durations),
         "sentences": sentences,
-        "seconds": round(busy, 3),
-        "sentences_per_s": round(sentences / busy, 2),
+        "seconds": round(basis, 3),
+        "sentences_per_s": round(sentences / basis, 2),
         "padding_efficiency": round(real / padded, 4) if padded else None,
-        "tokenize_share": round(tok_total / busy, 4),
+        "tokenize_share": round(float(totals["tok"]) / busy, 4),
     }
     key = "latency" if size == 1 else "batch_latency"
     out[key] = latency_summary_ms(durations)
@@ -225,6 +268,7 @@ def _describe_runner(runner: ModelRunner, load_s: float, lengths: Sequence[int])
         "int8": runner.variant.int8,
         "dtype": runner.variant.dtype,
         "pad_multiple": runner.variant.pad_multiple,
+        "streams": runner.variant.streams,
         "load_s": round(load_s, 3),
         "max_length": runner.max_length,
         "mean_tokens": round(sum(lengths) / len(lengths), 2),
@@ -271,7 +315,9 @@ def measure_variants(
     runners: list[tuple[ModelRunner, dict[str, Any], list[int]]] = []
     for variant in variants:
         t0 = time.perf_counter()
-        runner = ModelRunner(model_path, variant, threads or default_threads(), max_length)
+        runner = ModelRunner(
+            model_path, variant, threads or default_threads(variant.streams), max_length
+        )
         load_s = time.perf_counter() - t0
         lengths = runner.token_lengths(texts)
         runners.append((runner, _describe_runner(runner, load_s, lengths), lengths))

@@ -154,7 +154,7 @@ class Bench:
         self.bodies_file = write_bodies(
             self.raw_dir / "bodies.jsonl", request_bodies(self.texts, cfg.items_per_request)
         )
-        self.threads = cfg.torch_threads or _default_threads()
+        self.workers, self.threads = server_parallelism(cfg.torch_threads, cfg.server_env)
         loadtest_dir = find_loadtest()
         self.result: dict[str, Any] = {
             "tool": "bench",
@@ -164,6 +164,7 @@ class Bench:
             "settings": {
                 "model_path": str(cfg.model_path) if cfg.model_path else None,
                 "torch_threads": self.threads,
+                "inference_workers": self.workers,
                 "concurrencies": list(cfg.concurrencies),
                 "step_s": cfg.step_s,
                 "warmup_s": cfg.warmup_s,
@@ -189,7 +190,10 @@ class Bench:
         if cfg.model_path is None:
             self.log("ceiling: skipped (no model path)")
             return
-        self.log(f"ceiling: model-only in a separate process ({self.threads} threads)")
+        self.log(
+            f"ceiling: model-only in a separate process ({self.threads} torch threads"
+            f" x {self.workers} stream(s), like the server)"
+        )
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "ceiling.json"
             cmd = [
@@ -200,7 +204,7 @@ class Bench:
                 "--model",
                 str(cfg.model_path),
                 "--variants",
-                "fp32",
+                "fp32" + (f"+w{self.workers}" if self.workers > 1 else ""),
                 "--threads",
                 str(self.threads),
                 "--seconds",
@@ -392,7 +396,9 @@ class Bench:
 
     def start_server(self, name: str, env: dict[str, str]) -> ServerProcess:
         assert self.cfg.model_path is not None
-        full_env = {"MODEL_PATH": str(self.cfg.model_path), "TORCH_THREADS": str(self.threads)}
+        full_env = {"MODEL_PATH": str(self.cfg.model_path)}
+        if self.cfg.torch_threads:
+            full_env["TORCH_THREADS"] = str(self.cfg.torch_threads)
         full_env.update(env)
         server = ServerProcess(full_env, self.raw_dir / f"server-{name}.log", cwd=self.cfg.cwd)
         self.log(f"{name}: starting `python -m app` with {env or 'defaults'}")
@@ -536,7 +542,21 @@ def _rss_mib(pid: int) -> float | None:
         return None
 
 
-def _default_threads() -> int:
+def server_parallelism(torch_threads: int | None, server_env: dict[str, str]) -> tuple[int, int]:
+    """(INFERENCE_WORKERS, torch threads per forward pass) the app will use, derived as
+    the app does: TORCH_THREADS if set, else CPU cores / INFERENCE_WORKERS. The ceiling
+    runs with the same numbers."""
+
+    def env_int(name: str) -> int:
+        raw = server_env.get(name) or os.environ.get(name) or "0"
+        return int(raw) if raw.strip().isdigit() else 0
+
+    workers = max(1, env_int("INFERENCE_WORKERS"))
+    threads = torch_threads or env_int("TORCH_THREADS") or max(1, _cores() // workers)
+    return workers, threads
+
+
+def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:

@@ -233,3 +233,18 @@ def test_local_nginx_config_points_at_the_app(tmp_path: Path) -> None:
     assert "listen 127.0.0.1:18080;" in conf
     assert "server 127.0.0.1:18000;" in conf
     assert "keepalive" in conf and 'proxy_set_header Connection "";' in conf
+
+
+def test_streams_variant_and_server_parallelism(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.runner import server_parallelism
+
+    assert parse_variant("w2+t1").streams == 2
+    with pytest.raises(ValueError):
+        parse_variant("w0")
+    monkeypatch.delenv("TORCH_THREADS", raising=False)
+    monkeypatch.delenv("INFERENCE_WORKERS", raising=False)
+    monkeypatch.setattr("bench.runner._cores", lambda: 4)
+    assert server_parallelism(None, {}) == (1, 4)
+    assert server_parallelism(None, {"INFERENCE_WORKERS": "2"}) == (2, 2)
+    assert server_parallelism(3, {"INFERENCE_WORKERS": "2"}) == (2, 3)
+    assert server_parallelism(None, {"TORCH_THREADS": "1"}) == (1, 1)
