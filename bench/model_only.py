@@ -196,11 +196,12 @@ def measure_mode(
     """Cycle through the corpus batches for `seconds` after `warmup_s` of untimed passes.
 
     With `streams` > 1, that many threads share the model and take batches in turn;
-    the rate is sentences over wall time.
+    the rate is sentences over wall time. Batch 1 is the latency mode: one stream always
+    (a lone request in the server gets one forward pass to itself).
     """
     size = 1 if mode == "b1" else batch_size
     batches = make_batches(lengths, size, sort_by_length=(mode == "b32s"))
-    streams = runner.variant.streams
+    streams = 1 if mode == "b1" else runner.variant.streams
     start = clock()
     i = 0
     while clock() - start < warmup_s or i < 2:

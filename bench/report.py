@@ -93,7 +93,8 @@ def markdown(result: dict[str, Any], targets: Sequence[TargetResult]) -> str:
         f"- Model: `{s.get('model_path')}` ({model.get('architecture')}, "
         f"{model.get('layers')} layers, "
         f"hidden {model.get('hidden_size')}, {model.get('parameters')} parameters), "
-        f"torch threads {s.get('torch_threads')}, versions {ceiling.get('versions')}"
+        f"torch threads {s.get('torch_threads')} x inference workers "
+        f"{s.get('inference_workers', 1)}, versions {ceiling.get('versions')}"
     )
     corpus = result["corpus"]
     add(
