@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="output folder (default bench/results; quick: bench/results/raw)"
     )
     run.add_argument("--name", help="file stem (default: UTC time + full/quick)")
+    run.add_argument("--fail-on-target", action="store_true", help="exit 1 when a target FAILs")
 
     model = sub.add_parser(
         "model",
@@ -233,6 +235,9 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if cfg.model_path is None and cfg.url is None:
         print("no model folder (MODEL_PATH / --model) and no --url", file=sys.stderr)
         return 2
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return 2
     result = Bench(cfg).run()
     paths = write_outputs(result, out_dir, stem)
     print()
@@ -240,6 +245,11 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print()
     for kind, path in paths.items():
         print(f"{kind}: {path}")
+    if result["errors"]:
+        print(f"{len(result['errors'])} problem(s) during the run; see the report", file=sys.stderr)
+        return 1
+    if args.fail_on_target and any(t["status"] == "FAIL" for t in result["targets"]):
+        return 1
     return 0
 
 

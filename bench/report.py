@@ -286,7 +286,8 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     ax.set_ylabel("latency (ms, log)")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
     ax.set_title(f"Latency vs throughput — {result.get('stem', '')}", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

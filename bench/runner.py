@@ -29,7 +29,7 @@ from bench.promstats import (
     pending_texts,
     step_metrics,
 )
-from bench.server import ServerProcess
+from bench.server import ServerError, ServerProcess
 from bench.sysinfo import load_average, machine
 from bench.wrkrun import LoadGenError, run_wrk, wrk_version
 
@@ -394,28 +394,41 @@ class Bench:
             f" server cpu {cpu.get('cpu_cores')} gen cpu {step['generator']['cpu_cores']}"
         )
 
-    def start_server(self, name: str, env: dict[str, str]) -> ServerProcess:
+    def with_server(
+        self, name: str, label: str, env: dict[str, str], body: Callable[[ServerProcess], object]
+    ) -> None:
+        """Start `python -m app` with `env`, time its cold start, run `body`, SIGTERM it.
+
+        A server that fails to start is recorded as an error; the run goes on (the report
+        then says SKIP for the targets that needed it).
+        """
         assert self.cfg.model_path is not None
         full_env = {"MODEL_PATH": str(self.cfg.model_path)}
         if self.cfg.torch_threads:
             full_env["TORCH_THREADS"] = str(self.cfg.torch_threads)
         full_env.update(env)
         server = ServerProcess(full_env, self.raw_dir / f"server-{name}.log", cwd=self.cfg.cwd)
+        series = self.result["series"].setdefault(
+            name, {"label": label, "url": server.base_url, "steps": []}
+        )
+        series["server_env"] = full_env
         self.log(f"{name}: starting `python -m app` with {env or 'defaults'}")
         server.start()
-        cold = server.wait_ready()
-        self.log(f"  ready after {cold['to_ready_s']} s, RSS {cold['rss_mib_at_ready']} MiB")
-        series = self.result["series"].setdefault(
-            name, {"label": "", "url": server.base_url, "steps": []}
-        )
-        series["cold_start"] = cold
-        series["server_env"] = full_env
-        return server
-
-    def stop_server(self, name: str, server: ServerProcess) -> None:
-        info = server.stop(timeout_s=60)
-        self.result["series"][name]["stop"] = info
-        self.log(f"  stopped: {info}")
+        try:
+            cold = server.wait_ready()
+            series["cold_start"] = cold
+            self.log(f"  ready after {cold['to_ready_s']} s, RSS {cold['rss_mib_at_ready']} MiB")
+            body(server)
+            # Memory after all the load, so growth under load is visible.
+            series["rss_mib_after_load"] = _rss_mib(server.pid)
+        except ServerError as exc:
+            msg = f"{name}: {exc}"
+            self.log("  " + msg)
+            self.result["errors"].append(msg)
+        finally:
+            info = server.stop(timeout_s=60)
+            series["stop"] = info
+            self.log(f"  stopped: {info}")
 
     # ---- the whole run ----------------------------------------------------------------
 
@@ -439,39 +452,30 @@ class Bench:
             if cfg.model_path is None:
                 raise SystemExit("no model: set MODEL_PATH or --model (or give --url)")
             if cfg.baseline:
-                server = self.start_server("baseline", {"MAX_BATCH_SIZE": "1"})
-                self.result["series"]["baseline"]["label"] = "batching off (MAX_BATCH_SIZE=1)"
-                try:
-                    self.sweep(
-                        "baseline",
-                        "batching off (MAX_BATCH_SIZE=1)",
-                        server.base_url,
-                        server.base_url + "/metrics",
-                        server.pid,
-                    )
-                finally:
-                    self.stop_server("baseline", server)
-            server = self.start_server("batched", dict(cfg.server_env))
-            self.result["series"]["batched"]["label"] = "batched server (closed loop, wrk)"
-            try:
-                series = self.sweep(
-                    "batched",
-                    "batched server (closed loop, wrk)",
-                    server.base_url,
-                    server.base_url + "/metrics",
-                    server.pid,
+                label = "batching off (MAX_BATCH_SIZE=1)"
+                self.with_server(
+                    "baseline",
+                    label,
+                    {"MAX_BATCH_SIZE": "1"},
+                    lambda srv: self.sweep(
+                        "baseline", label, srv.base_url, srv.base_url + "/metrics", srv.pid
+                    ),
                 )
-                reference = _c32_rps(series)
-                # Nginx right after the direct sweep: the closer in time, the fairer the ratio.
-                self._nginx(server, server.base_url, server.pid)
-                self.open_loop(server.base_url, server.base_url + "/metrics", server.pid, reference)
-                # Memory after all the load, so growth under load is visible.
-                self.result["series"]["batched"]["rss_mib_after_load"] = _rss_mib(server.pid)
-            finally:
-                self.stop_server("batched", server)
+            self.with_server(
+                "batched", "batched server (closed loop, wrk)", dict(cfg.server_env), self._batched
+            )
         self.result["machine"]["load_average_end"] = load_average()
         self.result["wall_s"] = round(time.monotonic() - t0, 1)
         return self.result
+
+    def _batched(self, server: ServerProcess) -> None:
+        metrics = server.base_url + "/metrics"
+        series = self.sweep(
+            "batched", "batched server (closed loop, wrk)", server.base_url, metrics, server.pid
+        )
+        # Nginx right after the direct sweep: the closer in time, the fairer the ratio.
+        self._nginx(server, server.base_url, server.pid)
+        self.open_loop(server.base_url, metrics, server.pid, _c32_rps(series))
 
     def _nginx(self, server: ServerProcess | None, direct_base: str, pid: int | None) -> None:
         cfg = self.cfg
