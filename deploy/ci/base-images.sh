@@ -63,7 +63,9 @@ SOURCES
 
 build_standin() {  # <official name> <stand-in Dockerfile>
     local name="$1" dockerfile="$2" recipe current
-    recipe="$(cat "${BASH_SOURCE[0]}" "${REPO_ROOT}"/deploy/standin/* | sha256sum | cut -c1-16)"
+    # The recipe: this stand-in's files and the root filesystem's version.
+    recipe="$( (echo "${ROOTFS_TAR##*/}" && cat "${REPO_ROOT}/deploy/standin/${dockerfile}" \
+        "${REPO_ROOT}/deploy/standin/nginx-default.conf") | sha256sum | cut -c1-16)"
     if have_image "${name}"; then
         # Official images carry no org.textclf.standin label: never replaced.
         current="$(docker image inspect -f '{{index .Config.Labels "org.textclf.standin"}}/{{index .Config.Labels "org.textclf.standin.recipe"}}' "${name}")"

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# `make e2e`: the Compose stack, built and run on a real Docker engine the way
+# users run it, then tested through Nginx on loopback (tests/e2e, marker e2e).
+#
+#   1. engine + docker-compose (deploy/ci/ensure-docker.sh)
+#   2. base images: official ones if the engine has them, else Debian stand-ins
+#   3. wheelhouse (cached outside the clone) served on 127.0.0.1 for pip
+#   4. docker-compose -f docker-compose.yml -f docker-compose.ci.yml up -d --build
+#   5. pytest: static checks, the running stack, then `stop` under load
+#   6. teardown, also on failure or interrupt (trap)
+#
+# Environment: E2E_MODEL_DIR (default ./model/default), E2E_HTTP_PORT (free
+# port), E2E_KEEP=1 keeps the stack up afterwards, PYTHON (test runner).
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "${REPO_ROOT}"
+CACHE="${TEXTCLF_CACHE:-${HOME}/.cache/textclf}"
+PYTHON="${PYTHON:-${REPO_ROOT}/.venv/bin/python}"
+t0=$(date +%s)
+
+log() { printf '[e2e %4ss] %s\n' "$(($(date +%s) - t0))" "$*" >&2; }
+
+free_port() {
+    "${PYTHON}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# ---------------------------------------------------------------- settings ---
+export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-textclf-e2e}"
+export COMPOSE_FILE="docker-compose.yml:docker-compose.ci.yml"
+export MODEL_DIR="${E2E_MODEL_DIR:-./model/default}"
+export HTTP_BIND=127.0.0.1
+export HTTP_PORT="${E2E_HTTP_PORT:-$(free_port)}"
+export WHEELHOUSE_PORT="${WHEELHOUSE_PORT:-$(free_port)}"
+export E2E_BASE_URL="http://127.0.0.1:${HTTP_PORT}"
+export E2E_REQUIRED=1
+VCS_REF="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+export VCS_REF
+# The CI machine's own pip settings name host paths; the build gets its own.
+unset PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_TRUSTED_HOST
+
+if [[ ! -f "${MODEL_DIR}/config.json" ]]; then
+    log "no model at ${MODEL_DIR}: run \`make model\` first (make e2e does)"
+    exit 1
+fi
+# The app runs as uid 10001: the model's files must be readable by others.
+if unreadable="$(find "${MODEL_DIR}" \( -type f ! -perm -o=r \) -o \( -type d ! -perm -o=rx \) | head -n 3)" \
+    && [[ -n "${unreadable}" ]]; then
+    log "model files not world-readable (the container's uid 10001 cannot read them):"
+    printf '%s\n' "${unreadable}" >&2
+    log "fix: chmod -R a+rX ${MODEL_DIR}"
+    exit 1
+fi
+
+# ---------------------------------------------------------------- teardown ---
+server_pid=""
+stack_started=0
+cleanup() {
+    local rc=$?
+    set +e
+    if ((stack_started)); then
+        if ((rc != 0)); then
+            log "failed (rc=${rc}): last logs"
+            timeout 60 docker-compose ps >&2
+            timeout 60 docker-compose logs --no-color --tail=60 >&2
+        fi
+        if [[ "${E2E_KEEP:-0}" == 1 ]]; then
+            log "E2E_KEEP=1: stack left up at ${E2E_BASE_URL} (docker-compose down to remove)"
+        else
+            timeout 120 docker-compose down --remove-orphans --timeout 25 >/dev/null 2>&1
+            log "stack removed"
+        fi
+    fi
+    if [[ -n "${server_pid}" ]]; then
+        kill "${server_pid}" 2>/dev/null
+        wait "${server_pid}" 2>/dev/null
+    fi
+    log "done in $(($(date +%s) - t0)) s (rc=${rc})"
+    exit "${rc}"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ----------------------------------------------------------------- prepare ---
+if [[ -f .env ]]; then
+    log "note: .env is present; the stack reads it (its values apply to this run)"
+fi
+bash deploy/ci/ensure-docker.sh
+bash deploy/ci/base-images.sh
+wheelhouse="$(bash deploy/ci/wheelhouse.sh)"
+
+mkdir -p "${CACHE}"
+"${PYTHON}" -m http.server --bind 127.0.0.1 "${WHEELHOUSE_PORT}" --directory "${wheelhouse}" \
+    >"${CACHE}/wheelhouse-server.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 1 50); do  # bounded: 10 s
+    "${PYTHON}" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:${WHEELHOUSE_PORT}/simple/', timeout=1)" \
+        2>/dev/null && break
+    sleep 0.2
+done
+log "wheelhouse served on 127.0.0.1:${WHEELHOUSE_PORT}"
+
+# ------------------------------------------------------------------- stack ---
+# A leftover stack of an interrupted run would hold the names and the port.
+timeout 120 docker-compose down --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+stack_started=1
+build_t0=$(date +%s)
+log "docker-compose up -d --build (project ${COMPOSE_PROJECT_NAME}, port ${HTTP_PORT})"
+# `up` returns once the app is healthy and Nginx started (depends_on: service_healthy).
+build_log="${CACHE}/e2e-compose-up.log"
+if ! timeout 1800 docker-compose up -d --build >"${build_log}" 2>&1; then
+    tail -n 80 "${build_log}" >&2
+    log "docker-compose up failed (full output: ${build_log})"
+    exit 1
+fi
+grep -E 'slim-venv|warm imports|^torch |Successfully tagged|Creating|is up-to-date' "${build_log}" >&2 || true
+log "stack up after $(($(date +%s) - build_t0)) s"
+
+image_size=$(docker image inspect -f '{{.Size}}' "${APP_IMAGE:-textclf:cpu}")
+base_size=$(docker image inspect -f '{{.Size}}' "${PYTHON_IMAGE:-python:3.11-slim-bookworm}")
+log "image ${APP_IMAGE:-textclf:cpu}: $((image_size / 1000000)) MB (base $((base_size / 1000000)) MB, added $(((image_size - base_size) / 1000000)) MB)"
+
+# Nginx answers on loopback (bounded wait: Nginx starts right after the app is healthy).
+for _ in $(seq 1 60); do
+    "${PYTHON}" -c "import urllib.request as u; u.urlopen('${E2E_BASE_URL}/ready', timeout=2)" 2>/dev/null && break
+    sleep 0.5
+done
+
+# ------------------------------------------------------------------- tests ---
+# Order matters: test_shutdown.py stops the stack and so runs last.
+log "pytest -m e2e"
+"${PYTHON}" -m pytest -m e2e -p no:cacheprovider \
+    tests/e2e/test_static.py tests/e2e/test_stack.py tests/e2e/test_shutdown.py
