@@ -10,7 +10,7 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-CACHE="${TEXTCLF_CACHE:-${HOME}/.cache/textclf}"
+CACHE="${TEXTCLF_CACHE_DIR:-${HOME}/.cache/textclf}"
 PYTHON_IMAGE="${PYTHON_IMAGE:-python:3.11-slim-bookworm}"
 NGINX_IMAGE="${NGINX_IMAGE:-nginx:1.28-bookworm}"
 DEBIAN_STANDIN="textclf-standin/debian:bookworm-v2"
@@ -84,10 +84,15 @@ build_standin() {  # <official name> <stand-in Dockerfile>
     fi
     ensure_debian_standin
     # --network host: apt inside the build reaches Debian's mirror like the host does.
-    docker build --network host --quiet \
+    local build_log="${CACHE}/standin-${dockerfile%.Dockerfile}.log"
+    if ! docker build --network host \
         --build-arg DEBIAN_BASE="${DEBIAN_STANDIN}" --build-arg STANDIN_RECIPE="${recipe}" \
         -f "${REPO_ROOT}/deploy/standin/${dockerfile}" \
-        -t "${name}" "${REPO_ROOT}/deploy/standin" >/dev/null
+        -t "${name}" "${REPO_ROOT}/deploy/standin" >"${build_log}" 2>&1; then
+        tail -n 30 "${build_log}" >&2
+        log "${name}: stand-in build failed (log: ${build_log})"
+        exit 1
+    fi
 }
 
 mkdir -p "${CACHE}"

@@ -15,7 +15,7 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "${REPO_ROOT}"
-CACHE="${TEXTCLF_CACHE:-${HOME}/.cache/textclf}"
+CACHE="${TEXTCLF_CACHE_DIR:-${HOME}/.cache/textclf}"
 PYTHON="${PYTHON:-${REPO_ROOT}/.venv/bin/python}"
 t0=$(date +%s)
 

@@ -7,7 +7,7 @@
 # Needs root for the install/start path.
 set -euo pipefail
 
-LOG_DIR="${TEXTCLF_CACHE:-${HOME}/.cache/textclf}"
+LOG_DIR="${TEXTCLF_CACHE_DIR:-${HOME}/.cache/textclf}"
 DOCKERD_LOG="${LOG_DIR}/dockerd.log"
 START_TIMEOUT_S="${DOCKERD_START_TIMEOUT_S:-60}"
 

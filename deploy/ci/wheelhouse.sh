@@ -13,7 +13,7 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-CACHE="${TEXTCLF_CACHE:-${HOME}/.cache/textclf}"
+CACHE="${TEXTCLF_CACHE_DIR:-${HOME}/.cache/textclf}"
 WHEELHOUSE="${WHEELHOUSE:-${CACHE}/wheelhouse}"
 TORCH_WHEEL_DIR="${TORCH_WHEEL_DIR:-/opt/wheels}"
 TORCH_CPU_INDEX="${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"

@@ -85,7 +85,7 @@ def test_compose_file_contract() -> None:
     assert any(v.endswith(":/etc/nginx/nginx.conf:ro") for v in nginx["volumes"])
     assert str(app["user"]).split(":")[0] != "0"
     # stop_grace_period > the app's drain time (GRACEFUL_TIMEOUT_S default 15).
-    grace = int(str(app["stop_grace_period"]).rstrip("s"))
+    grace = int(str(app["stop_grace_period"]).split(":-")[1].rstrip("}").rstrip("s"))
     drain = float(app["environment"]["GRACEFUL_TIMEOUT_S"].split(":-")[1].rstrip("}"))
     assert grace > drain
     timeout = float(app["environment"]["REQUEST_TIMEOUT_S"].split(":-")[1].rstrip("}"))
