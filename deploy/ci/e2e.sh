@@ -71,6 +71,9 @@ cleanup() {
             log "stack removed"
         fi
     fi
+    # Superseded builds of our own images only (labelled), never anyone else's.
+    docker image prune -f --filter "label=org.opencontainers.image.title=textclf" >/dev/null 2>&1
+    docker image prune -f --filter "label=org.textclf.standin" >/dev/null 2>&1
     if [[ -n "${server_pid}" ]]; then
         kill "${server_pid}" 2>/dev/null
         wait "${server_pid}" 2>/dev/null

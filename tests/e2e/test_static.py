@@ -364,8 +364,9 @@ def test_cuda_build_refuses_a_cpu_torch(engine: None) -> None:
         "TORCH_VARIANT": "cuda",
     }
     build_args = [arg for k, v in args.items() for arg in ("--build-arg", f"{k}={v}")]
+    command = ["docker", "build", "--force-rm", "--network", "host", "--target", "builder"]
     result = run(
-        ["docker", "build", "--network", "host", "--target", "builder", *build_args, "."],
+        [*command, *build_args, "."],
         check=False,
         timeout=900,
     )
