@@ -276,7 +276,7 @@ class Batcher:
         m.padding_efficiency.observe(real_tokens / padded if padded else 1.0)
         m.inference.observe(seconds)
         if seconds > 0:
-            rate = rows / seconds
+            rate = rows / seconds * self._limits.workers  # passes overlap
             self._rate = rate if self._rate == 0 else (
                 (1 - _RATE_SMOOTHING) * self._rate + _RATE_SMOOTHING * rate
             )  # fmt: skip

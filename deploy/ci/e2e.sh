@@ -108,16 +108,27 @@ log "wheelhouse served on 127.0.0.1:${WHEELHOUSE_PORT}"
 timeout 120 docker-compose down --remove-orphans --timeout 5 >/dev/null 2>&1 || true
 stack_started=1
 build_t0=$(date +%s)
-log "docker-compose up -d --build (project ${COMPOSE_PROJECT_NAME}, port ${HTTP_PORT})"
-# `up` returns once the app is healthy and Nginx started (depends_on: service_healthy).
-build_log="${CACHE}/e2e-compose-up.log"
-if ! timeout 1800 docker-compose up -d --build >"${build_log}" 2>&1; then
+build_log="${CACHE}/e2e-compose-build.log"
+log "docker-compose build (project ${COMPOSE_PROJECT_NAME}; log: ${build_log})"
+if ! timeout 1500 docker-compose build >"${build_log}" 2>&1; then
     tail -n 80 "${build_log}" >&2
-    log "docker-compose up failed (full output: ${build_log})"
+    log "docker-compose build failed (full output: ${build_log})"
     exit 1
 fi
-grep -E 'slim-venv|warm imports|^torch |Successfully tagged|Creating|is up-to-date' "${build_log}" >&2 || true
-log "stack up after $(($(date +%s) - build_t0)) s"
+grep -E 'slim-venv|warm imports|^torch |Successfully tagged' "${build_log}" | sed 's/\x1b\[[0-9;]*m//g' >&2 || true
+log "built in $(($(date +%s) - build_t0)) s"
+
+up_t0=$(date +%s)
+up_log="${CACHE}/e2e-compose-up.log"
+log "docker-compose up -d --build (port ${HTTP_PORT})"
+# Returns once the app is healthy and Nginx started (depends_on: service_healthy);
+# bounded, since an app that keeps restarting would never turn healthy.
+if ! timeout 420 docker-compose up -d --build >"${up_log}" 2>&1; then
+    tail -n 40 "${up_log}" >&2
+    log "docker-compose up failed (full output: ${up_log})"
+    exit 1
+fi
+log "stack up (app healthy, Nginx started) in $(($(date +%s) - up_t0)) s"
 
 image_size=$(docker image inspect -f '{{.Size}}' "${APP_IMAGE:-textclf:cpu}")
 base_size=$(docker image inspect -f '{{.Size}}' "${PYTHON_IMAGE:-python:3.11-slim-bookworm}")

@@ -47,6 +47,8 @@ fi
 if pgrep -x dockerd >/dev/null 2>&1; then
     log "dockerd process exists; waiting for it"
 else
+    # A pid file left by a dockerd that died would stop a new one from starting.
+    rm -f /var/run/docker.pid
     mkdir -p "${LOG_DIR}"
     # containerd is started by dockerd itself when no system containerd runs.
     log "starting dockerd (log: ${DOCKERD_LOG})"
