@@ -18,11 +18,6 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # ---------------------------------------------------------------- builder ---
 FROM ${PYTHON_IMAGE} AS builder
 
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ARG PIP_INDEX_URL
-ARG PIP_EXTRA_INDEX_URL
-ARG PIP_FIND_LINKS
-ARG PIP_TRUSTED_HOST
 # 1: strip symbol tables from shared libraries (needs binutils from apt: about
 # 120 MB smaller). 0 for a build with no Debian mirror at hand.
 ARG STRIP_SYMBOLS=1
@@ -48,6 +43,11 @@ ENV PATH=/opt/venv/bin:${PATH}
 # torch first, from its variant's index; every other pin from PIP_INDEX_URL.
 # Empty pip build args are dropped (pip would read "" as a setting). The torch
 # pin is the one in requirements.txt (hence DL3013 cannot see it).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_TRUSTED_HOST
 COPY requirements.txt /tmp/requirements.txt
 # hadolint ignore=DL3013
 RUN if [ -z "${PIP_INDEX_URL:-}" ]; then unset PIP_INDEX_URL; fi \
@@ -67,19 +67,6 @@ RUN sh /tmp/build/slim-venv.sh /opt/venv "${STRIP_SYMBOLS}" \
 
 # ---------------------------------------------------------------- runtime ---
 FROM ${PYTHON_IMAGE} AS runtime
-
-ARG TORCH_VARIANT=cpu
-ARG VERSION=0.1.0
-ARG VCS_REF=unknown
-ARG BUILD_DATE=unknown
-ARG SOURCE_URL=""
-LABEL org.opencontainers.image.title="textclf" \
-      org.opencontainers.image.description="Batched Hugging Face text-classification inference service (FastAPI)" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${VCS_REF}" \
-      org.opencontainers.image.created="${BUILD_DATE}" \
-      org.opencontainers.image.source="${SOURCE_URL}" \
-      org.textclf.torch-variant="${TORCH_VARIANT}"
 
 # A fixed, non-root uid/gid (matches `user:` in docker-compose.yml).
 RUN groupadd --gid 10001 app \
@@ -118,3 +105,17 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
 # SIGTERM starts the app's graceful drain (GRACEFUL_TIMEOUT_S).
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "app"]
+
+# Last: the revision changes with every commit and must not invalidate the layers above.
+ARG TORCH_VARIANT=cpu
+ARG VERSION=0.1.0
+ARG VCS_REF=unknown
+ARG BUILD_DATE=unknown
+ARG SOURCE_URL=""
+LABEL org.opencontainers.image.title="textclf" \
+      org.opencontainers.image.description="Batched Hugging Face text-classification inference service (FastAPI)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.created="${BUILD_DATE}" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.textclf.torch-variant="${TORCH_VARIANT}"

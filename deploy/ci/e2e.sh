@@ -31,7 +31,13 @@ export COMPOSE_FILE="docker-compose.yml:docker-compose.ci.yml"
 export MODEL_DIR="${E2E_MODEL_DIR:-./model/default}"
 export HTTP_BIND=127.0.0.1
 export HTTP_PORT="${E2E_HTTP_PORT:-$(free_port)}"
-export WHEELHOUSE_PORT="${WHEELHOUSE_PORT:-$(free_port)}"
+# The index URL is a build arg: a stable port keeps the pip layer cached across runs.
+WHEELHOUSE_PORT="${WHEELHOUSE_PORT:-38765}"
+if ! "${PYTHON}" -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' \
+    "${WHEELHOUSE_PORT}" 2>/dev/null; then
+    WHEELHOUSE_PORT="$(free_port)"
+fi
+export WHEELHOUSE_PORT
 export E2E_BASE_URL="http://127.0.0.1:${HTTP_PORT}"
 export E2E_REQUIRED=1
 VCS_REF="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
