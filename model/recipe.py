@@ -29,6 +29,9 @@ class Recipe:
     # Lowest encoder layers kept frozen (0 trains all six).
     frozen_layers: int = 0
     autocast_bf16: bool = False
+    # Scale each example's loss by the annotators' agreement (the CSV's confidence column;
+    # missing counts as 1), so ambiguous tweets pull less.
+    weight_by_confidence: bool = False
     max_grad_norm: float = 1.0
     torch_threads: int = 2
 

@@ -86,8 +86,10 @@ def train(
     texts: Sequence[str],
     labels: Sequence[int],
     recipe: Recipe,
+    weights: Sequence[float] | None = None,
     progress: bool = True,
 ) -> TrainStats:
+    """Fine-tune model in place; ``weights`` scale each example's loss (default 1)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -127,6 +129,7 @@ def train(
     total = len(plan)
     warmup = max(1, round(total * recipe.warmup_ratio))
     target = torch.tensor(labels, dtype=torch.long)
+    weight = torch.tensor(weights if weights is not None else [1.0] * len(labels))
 
     model.train()
     start = time.perf_counter()
@@ -141,13 +144,16 @@ def train(
         real += int(mask.sum())
         padded += mask.numel()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.autocast_bf16):
-            out = model(input_ids=input_ids, attention_mask=mask, labels=target[batch])
-        loss = out.loss
-        loss.backward()
+            logits = model(input_ids=input_ids, attention_mask=mask).logits
+        per_example = torch.nn.functional.cross_entropy(
+            logits.float(), target[batch], reduction="none"
+        )
+        loss = (per_example * weight[batch]).mean()
+        loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        value = float(loss)
+        value = loss.item()
         ema = value if math.isnan(ema) else 0.95 * ema + 0.05 * value
         if step % 10 == 0:
             bar.set_postfix(loss=f"{ema:.3f}")
