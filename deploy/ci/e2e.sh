@@ -77,9 +77,8 @@ cleanup() {
             log "stack removed"
         fi
     fi
-    # Superseded builds of our own images only (labelled), never anyone else's.
-    docker image prune -f --filter "label=org.opencontainers.image.title=textclf" >/dev/null 2>&1
-    docker image prune -f --filter "label=org.textclf.standin" >/dev/null 2>&1
+    # No image pruning: the untagged builder-stage images are the layer cache
+    # that makes the next run fast.
     if [[ -n "${server_pid}" ]]; then
         kill "${server_pid}" 2>/dev/null
         wait "${server_pid}" 2>/dev/null
