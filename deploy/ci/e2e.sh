@@ -148,5 +148,5 @@ done
 # ------------------------------------------------------------------- tests ---
 # Order matters: test_shutdown.py stops the stack and so runs last.
 log "pytest -m e2e"
-"${PYTHON}" -m pytest -m e2e -p no:cacheprovider \
+"${PYTHON}" -m pytest -m e2e -p no:cacheprovider --durations=6 \
     tests/e2e/test_static.py tests/e2e/test_stack.py tests/e2e/test_shutdown.py
