@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,17 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def _quantized(model: Any, device: torch.device) -> Any:
+    """Dynamic int8 weights for every Linear layer; activations are quantized per batch."""
+    if device.type != "cpu":
+        raise ModelLoadError("QUANTIZE=int8 is a CPU option; use DTYPE=float16 on CUDA")
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # the eager API is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)  # type: ignore[no-untyped-call]
+
+
 def folder_digest(path: Path) -> str:
     """sha256 over the names and bytes of the folder's files: identifies what is served."""
     digest = hashlib.sha256()
@@ -112,6 +124,8 @@ class HFClassifier:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"cannot load the model from MODEL_PATH={path}: {detail}") from exc
         self._model = model.to(self.device).eval()
+        if settings.quantize == "int8":
+            self._model = _quantized(self._model, self.device)
         config = self._model.config
         id2label = {int(k): str(v) for k, v in config.id2label.items()}
         self.labels = [id2label.get(i, f"LABEL_{i}") for i in range(config.num_labels)]
@@ -133,7 +147,8 @@ class HFClassifier:
             activation=self.activation,
             max_length=self.max_length,
             device=str(self.device),
-            dtype=str(self.dtype).removeprefix("torch."),
+            dtype=str(self.dtype).removeprefix("torch.")
+            + ("+int8" if settings.quantize == "int8" else ""),
             parameters=sum(p.numel() for p in self._model.parameters()),
         )
 

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     inference_workers: int = Field(
         1, ge=1, le=16, description="forward passes run at once (threads sharing one model)"
     )
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="int8: dynamic int8 quantization of Linear layers (CPU only)"
+    )
     max_length: int | None = Field(
         None, gt=1, description="token limit per text; default the model's own limit"
     )

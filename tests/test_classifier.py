@@ -87,3 +87,10 @@ def test_folder_digest_changes_with_content(tiny_model: Path, tmp_path: Path) ->
     config["id2label"]["0"] = "renamed"
     (copy / "config.json").write_text(json.dumps(config))
     assert folder_digest(copy) != folder_digest(tiny_model)
+
+
+def test_int8_quantization_keeps_the_labels_close(tiny_model: Path) -> None:
+    exact = HFClassifier(make_settings(tiny_model))
+    quantized = HFClassifier(make_settings(tiny_model, quantize="int8"))
+    assert quantized.info.dtype == "float32+int8"
+    assert np.abs(_scores(exact, TEXTS) - _scores(quantized, TEXTS)).max() < 0.05
