@@ -204,7 +204,7 @@ class Bench:
                 "--model",
                 str(cfg.model_path),
                 "--variants",
-                "fp32" + (f"+w{self.workers}" if self.workers > 1 else ""),
+                ceiling_variant(self.workers, cfg.server_env),
                 "--threads",
                 str(self.threads),
                 "--seconds",
@@ -544,6 +544,20 @@ def _rss_mib(pid: int) -> float | None:
         return round(tree_rss_bytes(psutil.Process(pid)) / 2**20, 1)
     except Exception:  # the process may be gone; memory is a nice-to-have here
         return None
+
+
+def ceiling_variant(workers: int, server_env: dict[str, str]) -> str:
+    """The model-only variant that matches the server's settings (same model, same work)."""
+    tokens = ["fp32"]
+    quantize = (server_env.get("QUANTIZE") or os.environ.get("QUANTIZE") or "").lower()
+    dtype = (server_env.get("DTYPE") or os.environ.get("DTYPE") or "").lower()
+    if quantize == "int8":
+        tokens = ["int8"]
+    elif dtype in ("bfloat16", "bf16"):
+        tokens = ["bf16"]
+    if workers > 1:
+        tokens.append(f"w{workers}")
+    return "+".join(tokens)
 
 
 def server_parallelism(torch_threads: int | None, server_env: dict[str, str]) -> tuple[int, int]:

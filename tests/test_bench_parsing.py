@@ -248,3 +248,15 @@ def test_streams_variant_and_server_parallelism(monkeypatch: pytest.MonkeyPatch)
     assert server_parallelism(None, {"INFERENCE_WORKERS": "2"}) == (2, 2)
     assert server_parallelism(3, {"INFERENCE_WORKERS": "2"}) == (2, 3)
     assert server_parallelism(None, {"TORCH_THREADS": "1"}) == (1, 1)
+
+
+def test_ceiling_variant_follows_server_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.runner import ceiling_variant
+
+    for name in ("QUANTIZE", "DTYPE"):
+        monkeypatch.delenv(name, raising=False)
+    assert ceiling_variant(1, {}) == "fp32"
+    assert ceiling_variant(2, {"QUANTIZE": "int8"}) == "int8+w2"
+    assert ceiling_variant(1, {"DTYPE": "bfloat16"}) == "bf16"
+    for spec in ("fp32", "int8+w2", "bf16"):
+        parse_variant(spec)  # every generated spec must parse
