@@ -124,6 +124,8 @@ grep -E 'slim-venv|warm imports|^torch |Successfully tagged' "${build_log}" | se
 log "built in $(($(date +%s) - build_t0)) s"
 
 up_t0=$(date +%s)
+# For the test that Nginx started only after the app turned healthy (docker events).
+export E2E_UP_SINCE="${up_t0}"
 up_log="${CACHE}/e2e-compose-up.log"
 log "docker-compose up -d --build (port ${HTTP_PORT})"
 # Returns once the app is healthy and Nginx started (depends_on: service_healthy);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -234,3 +235,41 @@ def test_runtime_has_no_build_tools(app_container: str) -> None:
     assert set(found) <= {"apt-get"}, found
     venv_pip = run(["docker", "exec", app_container, "ls", "/opt/venv/bin"]).stdout.split()
     assert not [name for name in venv_pip if name.startswith("pip")]
+
+
+def test_nginx_started_after_the_app_was_healthy(app_container: str, nginx_container: str) -> None:
+    """depends_on: condition: service_healthy, as the engine recorded it."""
+    since = os.environ.get("E2E_UP_SINCE")
+    if not since:
+        pytest.skip("E2E_UP_SINCE unset (set by deploy/ci/e2e.sh)")
+    events = run(
+        [
+            "docker",
+            "events",
+            "--since",
+            since,
+            "--until",
+            str(int(time.time()) + 1),
+            "--filter",
+            f"container={app_container}",
+            "--filter",
+            f"container={nginx_container}",
+            "--format",
+            "{{json .}}",
+        ],
+        timeout=60,
+    ).stdout.splitlines()
+    parsed = [json.loads(line) for line in events if line.strip()]
+    healthy = [
+        e["timeNano"]
+        for e in parsed
+        if e.get("id") == app_container and e.get("status") == "health_status: healthy"
+    ]
+    started = [
+        e["timeNano"]
+        for e in parsed
+        if e.get("id") == nginx_container and e.get("status") == "start"
+    ]
+    assert healthy, "no health_status: healthy event for the app"
+    assert started, "no start event for nginx"
+    assert min(started) > min(healthy)
