@@ -118,6 +118,9 @@ def train_and_save(
             id2label=dict(enumerate(LABELS)),
             label2id=dict(LABEL2ID),
             problem_type="single_label_classification",
+            hidden_dropout_prob=recipe.dropout,
+            attention_probs_dropout_prob=recipe.dropout,
+            classifier_dropout=recipe.dropout,
         )
     print(f"training on {len(train_set)} examples, holding out {len(heldout)}", file=sys.stderr)
     stats_train = train(

@@ -33,6 +33,8 @@ class Recipe:
     # missing counts as 1), so ambiguous tweets pull less.
     weight_by_confidence: bool = False
     max_grad_norm: float = 1.0
+    # Dropout of the encoder and the head while training (BERT's default is 0.1).
+    dropout: float = 0.1
     torch_threads: int = 2
 
     def to_dict(self) -> dict[str, Any]:

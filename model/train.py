@@ -114,7 +114,8 @@ def train(
             {"params": decay, "weight_decay": recipe.weight_decay, "lr": recipe.learning_rate},
             {"params": no_decay, "weight_decay": 0.0, "lr": recipe.learning_rate},
             {"params": head, "weight_decay": recipe.weight_decay, "lr": recipe.head_learning_rate},
-        ]
+        ],
+        fused=True,  # one kernel per step instead of a loop over ~100 tensors
     )
     peaks = [g["lr"] for g in optimizer.param_groups]
 
