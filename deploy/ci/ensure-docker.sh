@@ -30,7 +30,8 @@ if ((${#need_pkgs[@]})); then
     log "installing ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >/dev/null
+    # With recommends (apparmor, ca-certificates, xz-utils): the set verified here.
+    apt-get install -y -q "${need_pkgs[@]}" >/dev/null
 fi
 
 if engine_up; then
