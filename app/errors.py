@@ -38,6 +38,11 @@ class PayloadTooLarge(ServiceError):
     error_type = "too_large"
 
 
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    error_type = "unsupported_media_type"
+
+
 class Overloaded(ServiceError):
     status_code = 503
     error_type = "overloaded"
@@ -125,6 +130,9 @@ def validation_message(exc: RequestValidationError) -> str:
             continue
         if err.get("type") == "none_required":  # the other branch of an optional field
             continue
+        if err.get("type") == "json_invalid" and "escape" in str(err.get("msg", "")):
+            parts.append("body is not valid JSON text: a \\u escape is a lone surrogate or broken")
+            continue
         loc = ".".join(_safe(str(p), _MAX_LOC_PART) for p in err.get("loc", ()) if _is_field(p))
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         msg = _safe(msg, _MAX_MESSAGE)
@@ -143,10 +151,6 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    if request.method == "POST" and not content_type.lower().endswith(("/json", "+json")):
-        message = "send the body as JSON with Content-Type: application/json"
-        return error_response(415, message, "unsupported_media_type", _request_id(request))
     return error_response(422, validation_message(exc), "validation", _request_id(request))
 
 

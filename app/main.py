@@ -18,6 +18,7 @@ from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.routes import router
+from app.schemas import PredictRequest
 from app.startup import ClassifierLoader, build_service, in_daemon_thread, prepare
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,11 @@ def _document_limits(app: FastAPI, settings: Settings) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
-            fields = schema["components"]["schemas"]["PredictRequest"]["properties"]
+            request_schema = PredictRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            schema["components"]["schemas"]["PredictRequest"] = request_schema
+            fields = request_schema["properties"]
             fields["text"]["maxLength"] = settings.max_text_chars
             fields["texts"]["maxItems"] = settings.max_items_per_request
             fields["texts"]["items"]["maxLength"] = settings.max_text_chars

@@ -9,10 +9,12 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 
 from app.config import Settings
-from app.errors import ClientGone, NotReady, error_response
+from app.errors import ClientGone, NotReady, UnsupportedMediaType, error_response
 from app.lifecycle import Lifecycle, Phase
 from app.metrics import Metrics
 from app.schemas import (
@@ -25,29 +27,24 @@ from app.schemas import (
     ReadyResponse,
     SinglePredictResponse,
 )
-from app.service import ClassificationService, Classified
+from app.service import Classified
 
 T = TypeVar("T")
-# A body without Content-Type is read as JSON (plain `curl -d`); another type gets 415.
-router = APIRouter(strict_content_type=False)
+router = APIRouter()
 
 
-def get_lifecycle(request: Request) -> Lifecycle:
+# Dependencies are `async def` on purpose: FastAPI runs plain `def` ones on a worker thread.
+async def get_lifecycle(request: Request) -> Lifecycle:
     lifecycle: Lifecycle = request.app.state.lifecycle
     return lifecycle
 
 
-def get_service(request: Request) -> ClassificationService:
-    return get_lifecycle(request).require_service()
-
-
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
 LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
-ServiceDep = Annotated[ClassificationService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
@@ -112,16 +109,39 @@ def _prediction(item: Classified) -> dict[str, Any]:
     }
 
 
+_PREDICT_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
+}
+
+
+async def _read_predict_request(request: Request) -> PredictRequest:
+    """Parse and validate in one pass with pydantic-core's JSON parser.
+
+    The hot route skips FastAPI's body and dependency machinery (a measured third of its
+    per-request CPU); the OpenAPI schema still documents the body (see `_PREDICT_BODY`).
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type and not content_type.endswith(("/json", "+json")):
+        raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
+    try:
+        return PredictRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
+
+
 @router.post(
     "/predict",
     response_model=SinglePredictResponse | BatchPredictResponse,
     responses=_PREDICT_ERRORS,
     summary="Classify one text or a batch of texts",
+    openapi_extra={"requestBody": _PREDICT_BODY},
 )
-async def predict(
-    body: PredictRequest, request: Request, service: ServiceDep, lifecycle: LifecycleDep
-) -> Response:
+async def predict(request: Request) -> Response:
     start = time.perf_counter()
+    lifecycle: Lifecycle = request.app.state.lifecycle
+    service = lifecycle.require_service()
+    body = await _read_predict_request(request)
     with lifecycle.track():
         try:
             results = await _unless_disconnected(

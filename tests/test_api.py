@@ -92,6 +92,15 @@ async def test_lone_surrogate_is_422_not_500(api) -> None:
     assert "surrogate" in error["error"]
 
 
+def test_schema_refuses_lone_surrogates_given_in_process() -> None:
+    from pydantic import ValidationError
+
+    from app.schemas import PredictRequest
+
+    with pytest.raises(ValidationError, match="lone surrogate"):
+        PredictRequest.model_validate({"text": "ok\ud800"})
+
+
 async def test_malformed_json_and_bad_bytes(api) -> None:
     response = await api.client.post(
         "/predict",
