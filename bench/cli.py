@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -238,6 +239,8 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
         return 2
+    # SIGTERM -> SystemExit, so the `finally` blocks stop the servers and nginx we started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     result = Bench(cfg).run()
     paths = write_outputs(result, out_dir, stem)
     print()

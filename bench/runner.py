@@ -155,6 +155,8 @@ class Bench:
             self.raw_dir / "bodies.jsonl", request_bodies(self.texts, cfg.items_per_request)
         )
         self.workers, self.threads = server_parallelism(cfg.torch_threads, cfg.server_env)
+        # Set while a server the tool started is up: says why it is gone, if it is.
+        self.server_gone: Callable[[], str | None] = lambda: None
         loadtest_dir = find_loadtest()
         self.result: dict[str, Any] = {
             "tool": "bench",
@@ -330,6 +332,8 @@ class Bench:
             name, {"label": label, "url": base_url, "steps": []}
         )
         for c in self.cfg.concurrencies:
+            if self._server_died(name):
+                break
             try:
                 step = self.closed_step(predict_url(base_url), metrics_url, pid, c, proxy_pid)
             except LoadGenError as exc:
@@ -362,6 +366,8 @@ class Bench:
         )
         self.log(f"open loop: rates {rates} req/s")
         for rate in rates:
+            if self._server_died("open loop"):
+                break
             try:
                 step = self.open_step(predict_url(base_url), metrics_url, pid, rate)
             except (LoadGenError, subprocess.TimeoutExpired) as exc:
@@ -371,6 +377,15 @@ class Bench:
                 continue
             series["steps"].append(step)
             self._log_step(step)
+
+    def _server_died(self, where: str) -> bool:
+        reason = self.server_gone()
+        if reason is None:
+            return False
+        msg = f"{where}: {reason}; remaining steps skipped"
+        self.log("  " + msg)
+        self.result["errors"].append(msg)
+        return True
 
     def _log_step(self, step: dict[str, Any]) -> None:
         lat = step["latency_ms"]
@@ -414,6 +429,14 @@ class Bench:
         series["server_env"] = full_env
         self.log(f"{name}: starting `python -m app` with {env or 'defaults'}")
         server.start()
+
+        def gone() -> str | None:
+            code = server.proc.poll() if server.proc else None
+            if code is None:
+                return None
+            return f"the server exited with {code} during the run (signalled from outside?)"
+
+        self.server_gone = gone
         try:
             cold = server.wait_ready()
             series["cold_start"] = cold
@@ -426,6 +449,7 @@ class Bench:
             self.log("  " + msg)
             self.result["errors"].append(msg)
         finally:
+            self.server_gone = lambda: None
             info = server.stop(timeout_s=60)
             series["stop"] = info
             self.log(f"  stopped: {info}")
