@@ -10,19 +10,27 @@
 #   6. teardown, also on failure or interrupt (trap)
 #
 # Environment: E2E_MODEL_DIR (default ./model/default), E2E_HTTP_PORT (free
-# port), E2E_KEEP=1 keeps the stack up afterwards, PYTHON (test runner).
+# port), E2E_KEEP=1 keeps the stack up afterwards, E2E_PYTHON (test runner; default $VENV/bin/python).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "${REPO_ROOT}"
 CACHE="${TEXTCLF_CACHE_DIR:-${HOME}/.cache/textclf}"
-PYTHON="${PYTHON:-${REPO_ROOT}/.venv/bin/python}"
+# The virtualenv of `make` (VENV, as .ci/run sets it) runs the tests and serves the wheels.
+VENV="${VENV:-.venv}"
+E2E_PYTHON="${E2E_PYTHON:-${VENV}/bin/python}"
+[[ "${E2E_PYTHON}" == /* ]] || E2E_PYTHON="${REPO_ROOT}/${E2E_PYTHON}"
+export E2E_PYTHON
+if [[ ! -x "${E2E_PYTHON}" ]]; then
+    printf '[e2e] no python at %s: run make venv-dev (or set VENV or E2E_PYTHON)\n' "${E2E_PYTHON}" >&2
+    exit 1
+fi
 t0=$(date +%s)
 
 log() { printf '[e2e %4ss] %s\n' "$(($(date +%s) - t0))" "$*" >&2; }
 
 free_port() {
-    "${PYTHON}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    "${E2E_PYTHON}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # ---------------------------------------------------------------- settings ---
@@ -33,7 +41,7 @@ export HTTP_BIND=127.0.0.1
 export HTTP_PORT="${E2E_HTTP_PORT:-$(free_port)}"
 # The index URL is a build arg: a stable port keeps the pip layer cached across runs.
 WHEELHOUSE_PORT="${WHEELHOUSE_PORT:-38765}"
-if ! "${PYTHON}" -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' \
+if ! "${E2E_PYTHON}" -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' \
     "${WHEELHOUSE_PORT}" 2>/dev/null; then
     WHEELHOUSE_PORT="$(free_port)"
 fi
@@ -95,14 +103,14 @@ if [[ -f .env ]]; then
 fi
 bash deploy/ci/ensure-docker.sh
 bash deploy/ci/base-images.sh
-wheelhouse="$(bash deploy/ci/wheelhouse.sh)"
+wheelhouse="$(WHEELHOUSE_PYTHON="${E2E_PYTHON}" bash deploy/ci/wheelhouse.sh)"
 
 mkdir -p "${CACHE}"
-"${PYTHON}" -m http.server --bind 127.0.0.1 "${WHEELHOUSE_PORT}" --directory "${wheelhouse}" \
+"${E2E_PYTHON}" -m http.server --bind 127.0.0.1 "${WHEELHOUSE_PORT}" --directory "${wheelhouse}" \
     >"${CACHE}/wheelhouse-server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 50); do  # bounded: 10 s
-    "${PYTHON}" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:${WHEELHOUSE_PORT}/simple/', timeout=1)" \
+    "${E2E_PYTHON}" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:${WHEELHOUSE_PORT}/simple/', timeout=1)" \
         2>/dev/null && break
     sleep 0.2
 done
@@ -143,12 +151,12 @@ log "image ${APP_IMAGE:-textclf:cpu}: $((image_size / 1000000)) MB (base $((base
 
 # Nginx answers on loopback (bounded wait: Nginx starts right after the app is healthy).
 for _ in $(seq 1 60); do
-    "${PYTHON}" -c "import urllib.request as u; u.urlopen('${E2E_BASE_URL}/ready', timeout=2)" 2>/dev/null && break
+    "${E2E_PYTHON}" -c "import urllib.request as u; u.urlopen('${E2E_BASE_URL}/ready', timeout=2)" 2>/dev/null && break
     sleep 0.5
 done
 
 # ------------------------------------------------------------------- tests ---
 # Order matters: test_shutdown.py stops the stack and so runs last.
 log "pytest -m e2e"
-"${PYTHON}" -m pytest -m e2e -p no:cacheprovider --durations=6 \
+"${E2E_PYTHON}" -m pytest -m e2e -p no:cacheprovider --durations=6 \
     tests/e2e/test_static.py tests/e2e/test_stack.py tests/e2e/test_shutdown.py

@@ -17,8 +17,11 @@ CACHE="${TEXTCLF_CACHE_DIR:-${HOME}/.cache/textclf}"
 WHEELHOUSE="${WHEELHOUSE:-${CACHE}/wheelhouse}"
 TORCH_WHEEL_DIR="${TORCH_WHEEL_DIR:-/opt/wheels}"
 TORCH_CPU_INDEX="${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
-# Any python with pip works (the project venv has one, Debian python3 may not).
-PYTHON="${PYTHON:-$( [[ -x "${REPO_ROOT}/.venv/bin/python" ]] && echo "${REPO_ROOT}/.venv/bin/python" || echo python3)}"
+# Any python with pip works: WHEELHOUSE_PYTHON (e2e.sh passes the venv's), else
+# $VENV or .venv of the clone, else python3.
+venv_python="${VENV:-${REPO_ROOT}/.venv}/bin/python"
+[[ "${venv_python}" == /* ]] || venv_python="${REPO_ROOT}/${venv_python}"
+PYTHON="${WHEELHOUSE_PYTHON:-$([[ -x "${venv_python}" ]] && echo "${venv_python}" || echo python3)}"
 REQS="${REPO_ROOT}/requirements.txt"
 
 log() { printf '[wheelhouse] %s\n' "$*" >&2; }
@@ -55,7 +58,8 @@ else
     pip_args+=(--extra-index-url "${TORCH_CPU_INDEX}" "torch==${torch_version}+cpu")
 fi
 log "downloading wheels (first run only; cached in ${WHEELHOUSE})"
-"${PYTHON}" -m pip "${pip_args[@]}"
+# (the filter drops pip's noise about index folders of the host's pip config)
+"${PYTHON}" -m pip "${pip_args[@]}" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
 # PEP 503 layout: one folder per normalised project name.
 mkdir -p "${tmp}/simple"
