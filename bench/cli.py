@@ -39,7 +39,11 @@ def _env_pairs(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark the text-classification service: HTTP sweeps against the "
+        "app (closed and open loop), the model-only ceiling, model variants. See BENCHMARKS.md.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
