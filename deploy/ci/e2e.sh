@@ -158,5 +158,5 @@ done
 # ------------------------------------------------------------------- tests ---
 # Order matters: test_shutdown.py stops the stack and so runs last.
 log "pytest -m e2e"
-"${E2E_PYTHON}" -m pytest -m e2e -p no:cacheprovider --durations=6 \
+"${E2E_PYTHON}" -m pytest -m e2e -p no:cacheprovider --durations=6 -s \
     tests/e2e/test_static.py tests/e2e/test_stack.py tests/e2e/test_shutdown.py
