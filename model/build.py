@@ -95,11 +95,15 @@ def train_and_save(
 
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from model.card import render_card
     from model.evaluate import evaluate
     from model.train import train
 
+    # The load report would flag the new classifier head as missing, which is expected here.
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     torch.set_num_threads(recipe.torch_threads)
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)

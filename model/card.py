@@ -28,6 +28,9 @@ def render_card(info: Mapping[str, Any], report: Mapping[str, Any]) -> str:
         f"| {labels[i]} | " + " | ".join(str(c) for c in row) + " |"
         for i, row in enumerate(report["confusion_matrix"])
     )
+    frozen = "embedding layer frozen" if recipe["freeze_embeddings"] else "all layers trained"
+    if recipe["frozen_layers"]:
+        frozen += f", lowest {recipe['frozen_layers']} encoder layers frozen"
     recipe_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in recipe.items())
     version_rows = ", ".join(f"{k} {v}" for k, v in versions.items())
     return f"""---
@@ -94,11 +97,14 @@ Full numbers: `eval_report.json`; held-out ids: `heldout_ids.json`.
 
 ## Recipe
 
-`BertForSequenceClassification` on top of the encoder (the pooler is kept), one epoch, AdamW
-with linear warmup then decay, length-bucketed batches, word/position embeddings frozen
-(settings below). Training is single-process on {recipe["torch_threads"]} threads; seeds are
-fixed and the batch order is a function of the seed, so the same seed on the same software
-gives the same weights and metrics.
+`BertForSequenceClassification` on top of the encoder (its pooler is kept and trained with the
+new head): {recipe["epochs"]} epoch(s), AdamW with linear warmup then {recipe["schedule"]} decay,
+batches of {recipe["batch_size"]} drawn by length from shuffled windows (little padding), at most
+{recipe["max_length"]} word pieces per tweet, {frozen}, dropout {recipe["dropout"]},
+{"bf16 autocast on the CPU (weights and optimizer in fp32)" if recipe["autocast_bf16"] else "fp32"}.
+Training is single-process on {recipe["torch_threads"]} threads; seeds are fixed and the batch
+order is a function of the seed, so the same seed with the same software on the same CPU gives
+the same weights and metrics. The held-out evaluation runs the saved fp32 weights.
 
 | setting | value |
 |---|---|

@@ -28,13 +28,13 @@ class Recipe:
     freeze_embeddings: bool = True
     # Lowest encoder layers kept frozen (0 trains all six).
     frozen_layers: int = 0
-    autocast_bf16: bool = False
+    autocast_bf16: bool = True
     # Scale each example's loss by the annotators' agreement (the CSV's confidence column;
     # missing counts as 1), so ambiguous tweets pull less.
     weight_by_confidence: bool = False
     max_grad_norm: float = 1.0
     # Dropout of the encoder and the head while training (BERT's default is 0.1).
-    dropout: float = 0.1
+    dropout: float = 0.0
     torch_threads: int = 2
 
     def to_dict(self) -> dict[str, Any]:

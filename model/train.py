@@ -136,7 +136,15 @@ def train(
     start = time.perf_counter()
     real = padded = 0
     ema = float("nan")
-    bar = tqdm(plan, desc="fine-tuning", unit="batch", disable=not progress, file=sys.stderr)
+    # In a log (CI) rather than a terminal, update every 15 s instead of many times a second.
+    bar = tqdm(
+        plan,
+        desc="fine-tuning",
+        unit="batch",
+        disable=not progress,
+        file=sys.stderr,
+        mininterval=0.1 if sys.stderr.isatty() else 15.0,
+    )
     for step, batch in enumerate(bar):
         factor = lr_factor(step, warmup, total, recipe.schedule)
         for group, peak in zip(optimizer.param_groups, peaks, strict=True):
