@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+_MIN_PASS_SHARE = 0.25
+
 
 @dataclass(frozen=True)
 class CostModel:
@@ -27,7 +29,13 @@ class CostModel:
 
     @classmethod
     def fit(cls, samples: Sequence[tuple[int, int, float]]) -> CostModel:
-        """Least squares over (rows, width, seconds); falls back to defaults if degenerate."""
+        """Least squares over (rows, width, seconds); falls back to defaults if degenerate.
+
+        The per-pass cost is kept at no less than a quarter of the smallest sample's time:
+        timings taken on a busy machine can put the intercept near zero, and a planner that
+        believes passes are free runs one text per pass (batching off by accident).
+        Overestimating it only costs some padding.
+        """
         if len(samples) < 2:
             return cls()
         tokens = np.array([rows * width for rows, width, _ in samples], dtype=np.float64)
@@ -36,7 +44,8 @@ class CostModel:
         (per_batch, per_token), *_ = np.linalg.lstsq(design, seconds, rcond=None)
         if not (per_token > 0 and math.isfinite(per_batch)):
             return cls()
-        return cls(per_batch_s=max(float(per_batch), 0.0), per_token_s=float(per_token))
+        floor = _MIN_PASS_SHARE * float(seconds[np.argmin(tokens)])
+        return cls(per_batch_s=max(float(per_batch), floor), per_token_s=float(per_token))
 
 
 def padded_width(length: int, multiple: int) -> int:

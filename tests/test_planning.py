@@ -56,4 +56,14 @@ def test_cost_model_fit_recovers_a_linear_cost() -> None:
     assert fitted.per_batch_s == pytest.approx(0.004, rel=1e-6)
     assert fitted.per_token_s == pytest.approx(0.0002, rel=1e-6)
     assert CostModel.fit([(1, 1, 1.0)]) == CostModel()
+
+
+def test_cost_model_never_believes_passes_are_free() -> None:
+    # Timings from a busy machine: the straight line through them crosses zero.
+    noisy = [(1, 16, 0.010), (4, 32, 0.030), (16, 32, 0.120), (32, 48, 0.400)]
+    fitted = CostModel.fit(noisy)
+    assert fitted.per_batch_s >= 0.25 * 0.010
+    lengths = [20 + (i % 7) for i in range(32)]
+    batches = plan_batches(lengths, max_rows=32, max_tokens=8192, cost=fitted)
+    assert len(batches) < 8, "similar lengths must still share passes"
     assert CostModel.fit([(1, 8, 0.5), (8, 8, 0.1)]) == CostModel()  # negative slope: refuse
