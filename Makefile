@@ -10,7 +10,7 @@ MODEL_DIR ?= model/default
 PORT ?= 8000
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv venv-dev model run test test-quick lint format e2e bench clean
+.PHONY: help venv venv-dev model run test test-quick lint format e2e bench bench-quick bench-tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,8 +52,17 @@ test: venv-dev model lint ## everything: lint, unit, integration over real HTTP,
 e2e: venv-dev model ## the Docker Compose stack behind Nginx, on a real Docker engine
 	bash deploy/ci/e2e.sh
 
-bench: venv-dev model ## benchmark sweep against a local server (see BENCHMARKS.md)
-	MODEL_PATH=$(MODEL_DIR) $(PY) -m bench run
+bench-tools: ## load generators for the benchmark: wrk, nginx (apt) and loadtest (npm)
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	command -v nginx >/dev/null || (printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d \
+		&& chmod +x /usr/sbin/policy-rc.d && apt-get install -y -q nginx; rm -f /usr/sbin/policy-rc.d)
+	command -v loadtest >/dev/null || npm install -g loadtest@8.2.1
+
+bench: venv-dev model bench-tools ## full benchmark against a local server (see BENCHMARKS.md)
+	MODEL_PATH=$(MODEL_DIR) $(PY) -m bench run --nginx-url local
+
+bench-quick: venv-dev model bench-tools ## a one-minute smoke run of the benchmark (not for claims)
+	MODEL_PATH=$(MODEL_DIR) $(PY) -m bench run --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
