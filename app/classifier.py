@@ -112,7 +112,8 @@ class HFClassifier:
         path = settings.model_path
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
-        threads = settings.torch_threads or max(1, cpu_count() // settings.inference_workers)
+        self.workers = settings.inference_workers or default_workers(self.device)
+        threads = settings.torch_threads or max(1, cpu_count() // self.workers)
         torch.set_num_threads(threads)
         self.threads = threads
         try:
@@ -213,6 +214,13 @@ class HFClassifier:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
+
+
+def default_workers(device: torch.device) -> int:
+    """Parallel single-stream passes on CPU: measured as fast as one pass on every core when
+    the machine is quiet, and far more robust when it is not (OpenMP threads of one pass
+    wait on each other whenever any of them is descheduled). See BENCHMARKS.md."""
+    return 1 if device.type == "cuda" else min(cpu_count(), 4)
 
 
 def cpu_count() -> int:

@@ -32,7 +32,11 @@ class Settings(BaseSettings):
         0, ge=0, description="intra-op threads per forward pass; 0 = CPU cores / INFERENCE_WORKERS"
     )
     inference_workers: int = Field(
-        1, ge=1, le=16, description="forward passes run at once (threads sharing one model)"
+        0,
+        ge=0,
+        le=16,
+        description="forward passes run at once, threads sharing one model; "
+        "0 = auto (CPU: one per core up to 4; CUDA: 1)",
     )
     quantize: Literal["none", "int8"] = Field(
         "none", description="int8: dynamic int8 quantization of Linear layers (CPU only)"

@@ -198,6 +198,8 @@ async def model_info(lifecycle: LifecycleDep, settings: SettingsDep) -> ModelInf
         **info.__dict__,
         multi_label_threshold=settings.multi_label_threshold,
         batching=BatchingInfo(
+            inference_workers=service.classifier.workers,
+            torch_threads=service.classifier.threads,
             max_batch_size=settings.max_batch_size,
             max_batch_tokens=settings.max_batch_tokens,
             max_batch_wait_ms=settings.max_batch_wait_ms,

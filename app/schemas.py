@@ -154,6 +154,8 @@ class ReadyResponse(BaseModel):
 
 
 class BatchingInfo(BaseModel):
+    inference_workers: int
+    torch_threads: int
     max_batch_size: int
     max_batch_tokens: int
     max_batch_wait_ms: float

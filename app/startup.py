@@ -123,7 +123,7 @@ def build_service(
         max_wait_s=settings.max_batch_wait_ms / 1000,
         max_queue=settings.max_queue_size,
         pad_multiple=8 if classifier.device.type == "cuda" else 1,
-        workers=settings.inference_workers,
+        workers=classifier.workers,
     )
     batcher = Batcher(classifier, limits, metrics, cost)
     batcher.start()

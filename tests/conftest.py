@@ -44,7 +44,12 @@ def tiny_single_logit_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_settings(model_path: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"model_path": model_path, "warmup": False} | overrides
+    # One inference worker unless a test asks for more: fault-injection tests count passes.
+    values: dict[str, Any] = {
+        "model_path": model_path,
+        "warmup": False,
+        "inference_workers": 1,
+    } | overrides
     return Settings(_env_file=None, **values)
 
 
