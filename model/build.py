@@ -64,6 +64,9 @@ def copy_build(src: Path, dest: Path) -> None:
     and the new one comes last, so an interrupted copy never looks complete.
     """
     dest.mkdir(parents=True, exist_ok=True)
+    if any(dest.iterdir()) and not any((dest / n).exists() for n in (INFO_FILE, "config.json")):
+        # Its contents get replaced: never do that to a folder that holds something else.
+        raise BuildError(f"{dest} is not empty and holds no model; choose another --out")
     (dest / INFO_FILE).unlink(missing_ok=True)
     names = {p.name for p in src.iterdir() if p.is_file()}
     for old in dest.iterdir():
@@ -91,8 +94,6 @@ def train_and_save(
     """Fine-tune, save to folder and write the report, card and build info. Returns the report."""
     start = time.perf_counter()
     load_start = _loadavg()
-    import random
-
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -105,7 +106,6 @@ def train_and_save(
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     torch.set_num_threads(recipe.torch_threads)
-    random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
 
     examples, stats = load_corpus(cache)

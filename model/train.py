@@ -165,7 +165,7 @@ def train(
         value = loss.item()
         ema = value if math.isnan(ema) else 0.95 * ema + 0.05 * value
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{ema:.3f}")
+            bar.set_postfix(loss=f"{ema:.3f}", refresh=False)
     bar.close()
     model.train(False)
     return TrainStats(

@@ -407,3 +407,13 @@ def test_model_card_renders_metrics_split_and_licences() -> None:
     assert "Apache-2.0" in card
     assert f"load_split({recipe.seed})" in card
     assert "`learning_rate` | `0.0001`" in card
+
+
+def test_copy_build_refuses_a_folder_that_holds_something_else(tmp_path: Path) -> None:
+    _fake_build(tmp_path / "src", "k")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("keep me")
+    with pytest.raises(BuildError, match="holds no model"):
+        copy_build(tmp_path / "src", dest)
+    assert (dest / "notes.txt").read_text() == "keep me"
