@@ -112,7 +112,7 @@ class HFClassifier:
         path = settings.model_path
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
-        self.workers = settings.inference_workers or default_workers(self.device)
+        self.workers = settings.inference_workers or default_workers(self.device.type)
         threads = settings.torch_threads or max(1, cpu_count() // self.workers)
         torch.set_num_threads(threads)
         self.threads = threads
@@ -216,11 +216,11 @@ class HFClassifier:
         return time.perf_counter() - start
 
 
-def default_workers(device: torch.device) -> int:
+def default_workers(device_type: str) -> int:
     """Parallel single-stream passes on CPU: measured as fast as one pass on every core when
     the machine is quiet, and far more robust when it is not (OpenMP threads of one pass
     wait on each other whenever any of them is descheduled). See BENCHMARKS.md."""
-    return 1 if device.type == "cuda" else min(cpu_count(), 4)
+    return 1 if device_type == "cuda" else min(cpu_count(), 4)
 
 
 def cpu_count() -> int:

@@ -593,7 +593,9 @@ def server_parallelism(torch_threads: int | None, server_env: dict[str, str]) ->
         raw = server_env.get(name) or os.environ.get(name) or "0"
         return int(raw) if raw.strip().isdigit() else 0
 
-    workers = max(1, env_int("INFERENCE_WORKERS"))
+    from app.classifier import default_workers  # the app's own rule for INFERENCE_WORKERS=0
+
+    workers = env_int("INFERENCE_WORKERS") or default_workers("cpu")
     threads = torch_threads or env_int("TORCH_THREADS") or max(1, _cores() // workers)
     return workers, threads
 

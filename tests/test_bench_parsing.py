@@ -244,10 +244,12 @@ def test_streams_variant_and_server_parallelism(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("TORCH_THREADS", raising=False)
     monkeypatch.delenv("INFERENCE_WORKERS", raising=False)
     monkeypatch.setattr("bench.runner._cores", lambda: 4)
-    assert server_parallelism(None, {}) == (1, 4)
+    monkeypatch.setattr("app.classifier.cpu_count", lambda: 4)
+    assert server_parallelism(None, {}) == (4, 1)  # the app's auto rule: one pass per core
+    assert server_parallelism(None, {"INFERENCE_WORKERS": "1"}) == (1, 4)
     assert server_parallelism(None, {"INFERENCE_WORKERS": "2"}) == (2, 2)
     assert server_parallelism(3, {"INFERENCE_WORKERS": "2"}) == (2, 3)
-    assert server_parallelism(None, {"TORCH_THREADS": "1"}) == (1, 1)
+    assert server_parallelism(None, {"TORCH_THREADS": "1", "INFERENCE_WORKERS": "1"}) == (1, 1)
 
 
 def test_ceiling_variant_follows_server_settings(monkeypatch: pytest.MonkeyPatch) -> None:
