@@ -55,8 +55,16 @@ class Lifecycle:
         service = self.service
         return self.phase is Phase.READY and service is not None and service.batcher.alive
 
-    def require_service(self) -> ClassificationService:
+    def require_service(self, admitted_before_drain: bool = False) -> ClassificationService:
+        """The service, for a request that may run now.
+
+        A request that arrived before SIGTERM is in flight and is served while draining;
+        one that arrives after it gets 503 so the client retries elsewhere.
+        """
+        service = self.service
         if self.phase is Phase.DRAINING:
+            if admitted_before_drain and service is not None and service.batcher.alive:
+                return service
             raise Draining("the service is shutting down; retry on another replica", retry_after=1)
         if not self.is_ready or self.service is None:
             detail = "the model failed to load" if self.phase is Phase.FAILED else "loading"
@@ -64,11 +72,13 @@ class Lifecycle:
         return self.service
 
     @contextmanager
-    def track(self) -> Iterator[None]:
+    def track(self) -> Iterator[bool]:
+        """Count a request as in flight; yields whether it arrived before the drain began."""
+        admitted = self.phase is not Phase.DRAINING
         self.in_flight += 1
         self._idle.clear()
         try:
-            yield
+            yield admitted
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:

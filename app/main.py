@@ -16,7 +16,7 @@ from app.config import Settings
 from app.errors import install_error_handlers
 from app.lifecycle import Lifecycle
 from app.metrics import Metrics
-from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.middleware import BodyLimitMiddleware, InFlightMiddleware, RequestContextMiddleware
 from app.routes import router
 from app.schemas import PredictRequest
 from app.startup import ClassifierLoader, build_service, in_daemon_thread, prepare
@@ -107,5 +107,6 @@ def create_app(
     _document_limits(app, settings)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(InFlightMiddleware, lifecycle=app.state.lifecycle, metrics=app.state.metrics)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     return app

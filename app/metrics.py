@@ -54,6 +54,9 @@ class Metrics:
             f"{PREFIX}_batch_padding_efficiency", "Real tokens / padded tokens per forward pass",
             buckets=_RATIO_BUCKETS, registry=r,
         )  # fmt: skip
+        self.in_flight = Gauge(
+            f"{PREFIX}_requests_in_flight", "/predict requests being served", registry=r
+        )
         self.queue_depth = Gauge(f"{PREFIX}_queue_depth", "Texts waiting for the model", registry=r)
         self.input_tokens = Histogram(
             f"{PREFIX}_input_tokens", "Tokens per text before truncation",

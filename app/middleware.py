@@ -12,6 +12,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_body
+from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 
 logger = logging.getLogger("app.access")
@@ -72,6 +73,28 @@ class RequestContextMiddleware:
                     elapsed * 1000,
                     extra={"request_id": request_id, "status": status, "route": path},
                 )
+
+
+class InFlightMiddleware:
+    """Counts /predict requests from the moment they arrive, so SIGTERM's drain waits for
+    every request that came in before it, even one whose body is still being read."""
+
+    def __init__(self, app: ASGIApp, lifecycle: Lifecycle, metrics: Metrics) -> None:
+        self.app = app
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/predict":
+            await self.app(scope, receive, send)
+            return
+        try:
+            with self.lifecycle.track() as admitted:
+                scope.setdefault("state", {})["admitted_before_drain"] = admitted
+                self.metrics.in_flight.set(self.lifecycle.in_flight)
+                await self.app(scope, receive, send)
+        finally:
+            self.metrics.in_flight.set(self.lifecycle.in_flight)
 
 
 class BodyLimitMiddleware:

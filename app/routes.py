@@ -140,17 +140,16 @@ async def _read_predict_request(request: Request) -> PredictRequest:
 async def predict(request: Request) -> Response:
     start = time.perf_counter()
     lifecycle: Lifecycle = request.app.state.lifecycle
-    service = lifecycle.require_service()
+    service = lifecycle.require_service(request.scope["state"].get("admitted_before_drain", False))
     body = await _read_predict_request(request)
-    with lifecycle.track():
-        try:
-            results = await _unless_disconnected(
-                request,
-                service.classify(body.items, truncate=body.truncate, top_k=body.top_k),
-            )
-        except ClientGone:
-            request.app.state.metrics.rejections.labels("client_gone").inc(len(body.items))
-            return Response(status_code=499)
+    try:
+        results = await _unless_disconnected(
+            request,
+            service.classify(body.items, truncate=body.truncate, top_k=body.top_k),
+        )
+    except ClientGone:
+        request.app.state.metrics.rejections.labels("client_gone").inc(len(body.items))
+        return Response(status_code=499)
     meta = {
         "processing_time_ms": round((time.perf_counter() - start) * 1000, 3),
         "model": service.classifier.info.name,
