@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from collections.abc import Callable, Iterator
@@ -30,8 +29,6 @@ class Lifecycle:
         self.failure: str | None = None
         self.in_flight = 0
         self._on_fatal = on_fatal
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     def ready(self, service: ClassificationService) -> None:
         self.service = service
@@ -76,17 +73,7 @@ class Lifecycle:
         """Count a request as in flight; yields whether it arrived before the drain began."""
         admitted = self.phase is not Phase.DRAINING
         self.in_flight += 1
-        self._idle.clear()
         try:
             yield admitted
         finally:
             self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True

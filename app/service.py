@@ -55,7 +55,7 @@ class ClassificationService:
     ) -> list[Classified]:
         """Scores for `texts` in input order, within the request deadline."""
         self.check_limits(texts)
-        self.batcher.check_capacity(len(texts))
+        self.batcher.check_capacity(len(texts))  # refuse before tokenizing; submit checks again
         try:
             async with asyncio.timeout(self._settings.request_timeout_s):
                 encoded = await self._tokenize(texts, truncate)
