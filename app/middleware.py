@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -11,7 +10,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_body
+from app.errors import error_response
 from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 
@@ -110,7 +109,7 @@ class BodyLimitMiddleware:
             return
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(scope, send)
+            await self._reject(scope, receive, send)
             return
         if declared is not None:
             await self.app(scope, receive, send)
@@ -127,24 +126,19 @@ class BodyLimitMiddleware:
             body = message.get("body", b"")
             size += len(body)
             if size > self.max_bytes:
-                await self._reject(scope, send)
+                await self._reject(scope, receive, send)
                 return
             chunks.append(body)
             more = message.get("more_body", False)
         replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks)}]
         await self.app(scope, _replay(replay, receive), send)
 
-    async def _reject(self, scope: Scope, send: Send) -> None:
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = scope.get("state", {}).get("request_id")
-        body = error_body(f"request body exceeds {self.max_bytes} bytes", "too_large", request_id)
-        payload = json.dumps(body).encode()
-        headers: list[tuple[bytes, bytes]] = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+        message = f"request body exceeds {self.max_bytes} bytes"
+        response = error_response(413, message, "too_large", request_id)
+        response.headers["connection"] = "close"  # the rest of the body is never read
+        await response(scope, receive, send)
 
 
 def _replay(messages: list[Message], then: Receive | None = None) -> Receive:

@@ -18,6 +18,11 @@ from app.scoring import Decision, decide
 logger = logging.getLogger(__name__)
 
 
+def _field(index: int, count: int) -> str:
+    """How an error names the offending text: `text` for one, `texts[i]` in a batch."""
+    return "text" if count == 1 else f"texts[{index}]"
+
+
 @dataclass(frozen=True)
 class Classified:
     decision: Decision
@@ -45,9 +50,9 @@ class ClassificationService:
             )
         for index, text in enumerate(texts):
             if len(text) > s.max_text_chars:
-                where = "text" if len(texts) == 1 else f"texts[{index}]"
                 raise InvalidInput(
-                    f"{where}: at most {s.max_text_chars} characters; given {len(text)}"
+                    f"{_field(index, len(texts))}: at most {s.max_text_chars} characters; "
+                    f"given {len(text)}"
                 )
 
     async def classify(
@@ -88,9 +93,9 @@ class ClassificationService:
             if enc.truncated:
                 self._metrics.truncated.inc()
             elif enc.num_tokens > limit:
-                where = "text" if len(texts) == 1 else f"texts[{index}]"
                 raise InvalidInput(
-                    f"{where}: {enc.num_tokens} tokens exceeds the model's limit of {limit}; "
+                    f"{_field(index, len(texts))}: {enc.num_tokens} tokens exceeds the model's "
+                    f"limit of {limit}; "
                     "shorten it or send truncate=true"
                 )
         return encoded
