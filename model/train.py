@@ -80,6 +80,34 @@ def set_trainable(model: PreTrainedModel, recipe: Recipe) -> None:
         layer.requires_grad_(False)
 
 
+def layer_of(name: str, n_layers: int) -> int:
+    """Depth of a parameter for layer-wise LR decay: 0 embeddings, i + 1 encoder layer i."""
+    marker = ".encoder.layer."
+    if marker in name:
+        return int(name.split(marker, 1)[1].split(".", 1)[0]) + 1
+    if ".embeddings." in name:
+        return 0
+    return n_layers + 1  # pooler and head
+
+
+def param_groups(model: PreTrainedModel, recipe: Recipe) -> list[dict[str, Any]]:
+    """AdamW groups: head at its own rate; encoder rates decayed by depth; no decay on 1-d."""
+    n_layers = int(model.config.num_hidden_layers)
+    head_names = ("classifier.", "bert.pooler.")
+    groups: dict[tuple[float, float], list[Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith(head_names):
+            lr = recipe.head_learning_rate
+        else:
+            depth = layer_of(name, n_layers)
+            lr = recipe.learning_rate * recipe.layer_lr_decay ** max(0, n_layers - depth)
+        wd = 0.0 if p.ndim < 2 else recipe.weight_decay  # biases and LayerNorm weights
+        groups.setdefault((lr, wd), []).append(p)
+    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+
+
 def train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -98,23 +126,8 @@ def train(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     set_trainable(model, recipe)
 
-    head_names = ("classifier.", "bert.pooler.")
-    decay, no_decay, head = [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.startswith(head_names):
-            head.append(p)
-        elif p.ndim < 2:
-            no_decay.append(p)  # biases and LayerNorm weights
-        else:
-            decay.append(p)
     optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": recipe.weight_decay, "lr": recipe.learning_rate},
-            {"params": no_decay, "weight_decay": 0.0, "lr": recipe.learning_rate},
-            {"params": head, "weight_decay": recipe.weight_decay, "lr": recipe.head_learning_rate},
-        ],
+        param_groups(model, recipe),
         fused=True,  # one kernel per step instead of a loop over ~100 tensors
     )
     peaks = [g["lr"] for g in optimizer.param_groups]
@@ -155,7 +168,10 @@ def train(
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.autocast_bf16):
             logits = model(input_ids=input_ids, attention_mask=mask).logits
         per_example = torch.nn.functional.cross_entropy(
-            logits.float(), target[batch], reduction="none"
+            logits.float(),
+            target[batch],
+            reduction="none",
+            label_smoothing=recipe.label_smoothing,
         )
         loss = (per_example * weight[batch]).mean()
         loss.backward()  # type: ignore[no-untyped-call]

@@ -39,7 +39,8 @@ from model.data import (
 from model.evaluate import compute_report
 from model.pins import PINS, WheelPin
 from model.recipe import Recipe
-from model.train import bucketed_batches, lr_factor
+from model.selftest import CASES as SELFTEST_CASES
+from model.train import bucketed_batches, layer_of, lr_factor, param_groups
 from model.wheels import BuildError, ensure_wheel, extract_files, read_member, verify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -417,3 +418,47 @@ def test_copy_build_refuses_a_folder_that_holds_something_else(tmp_path: Path) -
     with pytest.raises(BuildError, match="holds no model"):
         copy_build(tmp_path / "src", dest)
     assert (dest / "notes.txt").read_text() == "keep me"
+
+
+def test_layer_of_orders_embeddings_layers_and_head() -> None:
+    assert layer_of("bert.embeddings.word_embeddings.weight", 6) == 0
+    assert layer_of("bert.encoder.layer.0.attention.self.query.weight", 6) == 1
+    assert layer_of("bert.encoder.layer.5.output.dense.bias", 6) == 6
+    assert layer_of("bert.pooler.dense.weight", 6) == 7
+    assert layer_of("classifier.weight", 6) == 7
+
+
+def test_param_groups_decay_the_rate_by_depth_and_skip_frozen() -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from model.train import set_trainable
+
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_labels=3,
+        )
+    )
+    recipe = Recipe(learning_rate=1e-4, head_learning_rate=1e-3, layer_lr_decay=0.5)
+    set_trainable(model, recipe)
+    groups = param_groups(model, recipe)
+    rate_of = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    # Frozen embeddings are not handed to the optimizer at all.
+    assert id(params["bert.embeddings.word_embeddings.weight"]) not in rate_of
+    top = params["bert.encoder.layer.2.attention.self.query.weight"]
+    bottom = params["bert.encoder.layer.0.attention.self.query.weight"]
+    assert rate_of[id(top)] == (pytest.approx(1e-4), recipe.weight_decay)
+    assert rate_of[id(bottom)] == (pytest.approx(1e-4 * 0.25), recipe.weight_decay)
+    assert rate_of[id(params["bert.encoder.layer.2.output.LayerNorm.weight"])][1] == 0.0
+    assert rate_of[id(params["classifier.weight"])][0] == pytest.approx(1e-3)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert set(rate_of) == trainable
+
+
+def test_selftest_cases_cover_every_label() -> None:
+    assert {label for _, label in SELFTEST_CASES} == set(LABELS)

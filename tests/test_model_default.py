@@ -98,7 +98,7 @@ def test_heldout_ids_match_the_recomputed_split_and_never_overlap_training(
 
 
 def test_metrics_stay_at_the_measured_level(report: dict[str, Any]) -> None:
-    # Issue 3 asks for >= 0.82 accuracy and >= 0.80 macro-F1. The recipe measures 0.8132 / 0.8022
+    # Issue 3 asks for >= 0.82 accuracy and >= 0.80 macro-F1. The recipe measures 0.8149 / 0.8040
     # (model/README.md): the macro-F1 goal is met, the accuracy goal is not. These floors catch
     # a regression of the build without pretending the accuracy goal is reached.
     assert report["macro_f1"] >= 0.80
@@ -121,6 +121,15 @@ def test_obvious_sentences_are_labelled_right(classifier: Any, text: str, label:
     with torch.inference_mode():
         logits = model(**tokenizer(text, return_tensors="pt")).logits
     assert model.config.id2label[int(logits.argmax(-1))] == label
+
+
+def test_build_ships_a_self_test_the_service_passes(model_dir: Path) -> None:
+    from app.config import Settings
+    from app.startup import selftest_file
+
+    cases = json.loads((model_dir / "selftest.json").read_text())
+    assert {case["label"] for case in cases} == {"negative", "neutral", "positive"}
+    assert selftest_file(Settings(model_path=model_dir)) == model_dir / "selftest.json"
 
 
 def test_model_card_documents_data_licences_and_metrics(
