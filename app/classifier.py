@@ -19,6 +19,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from app.config import Settings
 from app.scoring import Activation, FloatArray, activate, activation_for
+from app.unpadded import UnpaddedBert, supports
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,11 @@ class HFClassifier:
         self._model = model.to(self.device).eval()
         if settings.quantize == "int8":
             self._model = _quantized(self._model, self.device)
+        self._unpadded = (
+            UnpaddedBert(self._model)
+            if settings.unpadded == "auto" and self.device.type == "cpu" and supports(self._model)
+            else None
+        )
         config = self._model.config
         id2label = {int(k): str(v) for k, v in config.id2label.items()}
         self.labels = [id2label.get(i, f"LABEL_{i}") for i in range(config.num_labels)]
@@ -185,8 +191,17 @@ class HFClassifier:
             for i, ids in enumerate(full)
         ]
 
+    @property
+    def padding_free(self) -> bool:
+        """True when forward passes cost real tokens only (app/unpadded.py)."""
+        return self._unpadded is not None
+
     def forward(self, rows: Sequence[Sequence[int]], width: int) -> FloatArray:
         """Scores (after the model's activation) for rows padded to `width` tokens."""
+        if self._unpadded is not None:
+            with torch.inference_mode():
+                logits = self._unpadded.logits(rows, self.device)
+            return activate(logits.float().numpy(), self.activation)
         ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         for i, row in enumerate(rows):

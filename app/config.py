@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     quantize: Literal["none", "int8"] = Field(
         "none", description="int8: dynamic int8 quantization of Linear layers (CPU only)"
     )
+    unpadded: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: BERT classifiers on the CPU run on concatenated tokens, no padding; "
+        "off: always the model's padded forward",
+    )
     max_length: int | None = Field(
         None, gt=1, description="token limit per text; default the model's own limit"
     )

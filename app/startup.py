@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,8 +24,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 ClassifierLoader = Callable[[Settings], HFClassifier]
 
-# (rows, width) shapes timed at warm-up; they span the batches the planner will choose.
-_CALIBRATION_SHAPES = ((1, 16), (1, 64), (4, 32), (8, 64), (16, 32), (32, 48))
+# (rows, width) shapes timed at warm-up. Small ones pin the per-pass cost, the largest the
+# per-token slope; kept under ~1k tokens so calibration stays about a second of start-up.
+_CALIBRATION_SHAPES = ((1, 8), (1, 32), (2, 16), (4, 32), (8, 32), (16, 48))
 
 
 async def in_daemon_thread(fn: Callable[[], T]) -> T:
@@ -43,20 +44,32 @@ async def in_daemon_thread(fn: Callable[[], T]) -> T:
 
 
 def calibrate(classifier: HFClassifier, settings: Settings) -> CostModel:
-    """Warm the kernels up, then fit the planner's cost model to measured forward passes."""
+    """Warm the kernels up, then fit the planner's cost model to measured forward passes.
+
+    Each shape is timed on every inference worker at once, as the passes run when serving:
+    concurrent passes share the GIL, caches and memory bandwidth, and the per-pass cost
+    measured alone understates what a pass costs under load.
+    """
+    workers = max(1, classifier.workers)
     samples: list[tuple[int, int, float]] = []
-    for rows, width in _CALIBRATION_SHAPES:
-        rows = min(rows, settings.max_batch_size)
-        width = min(width, classifier.max_length)
-        if rows * width > settings.max_batch_tokens and rows > 1:
-            continue
-        classifier.timed_forward(rows, width)
-        # The fastest of three: interference from other processes only ever adds time.
-        best = min(classifier.timed_forward(rows, width) for _ in range(3))
-        samples.append((rows, width, best))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="calibrate") as pool:
+        for rows, width in _CALIBRATION_SHAPES:
+            rows = min(rows, settings.max_batch_size)
+            width = min(width, classifier.max_length)
+            if rows * width > settings.max_batch_tokens and rows > 1:
+                continue
+
+            def timed(_: int, rows: int = rows, width: int = width) -> float:
+                classifier.timed_forward(rows, width)  # warm-up for this shape
+                # The fastest of three: interference from other processes only adds time.
+                return min(classifier.timed_forward(rows, width) for _ in range(3))
+
+            times = sorted(pool.map(timed, range(workers)))
+            samples.append((rows, width, times[len(times) // 2]))
     cost = CostModel.fit(samples)
     logger.info(
-        "batching cost model: %.2f ms per pass + %.4f ms per padded token",
+        "batching cost model (%d concurrent workers): %.2f ms per pass + %.4f ms per padded token",
+        workers,
         cost.per_batch_s * 1000,
         cost.per_token_s * 1000,
     )
@@ -124,6 +137,7 @@ def build_service(
         max_queue=settings.max_queue_size,
         pad_multiple=8 if classifier.device.type == "cuda" else 1,
         workers=classifier.workers,
+        padding_free=classifier.padding_free,
     )
     batcher = Batcher(classifier, limits, metrics, cost)
     batcher.start()

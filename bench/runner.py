@@ -31,9 +31,12 @@ from bench.promstats import (
 )
 from bench.server import ServerError, ServerProcess
 from bench.sysinfo import load_average, machine
+from bench.targets import TARGET_CONCURRENCY
 from bench.wrkrun import LoadGenError, run_wrk, wrk_version
 
 Log = Callable[[str], None]
+
+BASELINE_ENV = {"MAX_BATCH_SIZE": "1", "INFERENCE_WORKERS": "1"}
 
 
 @dataclass
@@ -327,11 +330,12 @@ class Bench:
         metrics_url: str | None,
         pid: int | None,
         proxy_pid: int | None = None,
+        concurrencies: Sequence[int] | None = None,
     ) -> dict[str, Any]:
         series = self.result["series"].setdefault(
             name, {"label": label, "url": base_url, "steps": []}
         )
-        for c in self.cfg.concurrencies:
+        for c in concurrencies or self.cfg.concurrencies:
             if self._server_died(name):
                 break
             try:
@@ -476,13 +480,31 @@ class Bench:
             if cfg.model_path is None:
                 raise SystemExit("no model: set MODEL_PATH or --model (or give --url)")
             if cfg.baseline:
-                label = "batching off (MAX_BATCH_SIZE=1)"
+                # The seeds' design: one request = one forward pass, one pass at a time with
+                # every core (torch's default threads), one process.
+                label = "seeds' design: batching off, one pass at a time on all cores"
                 self.with_server(
                     "baseline",
                     label,
-                    {"MAX_BATCH_SIZE": "1"},
+                    {**BASELINE_ENV, "TORCH_THREADS": str(_cores())},
                     lambda srv: self.sweep(
                         "baseline", label, srv.base_url, srv.base_url + "/metrics", srv.pid
+                    ),
+                )
+                # Our parallel single-thread passes without batching, to split the speed-up
+                # between the two (one concurrency: it is an ablation, not a target).
+                label = "batching off, parallel single-thread passes (default workers)"
+                self.with_server(
+                    "unbatched_parallel",
+                    label,
+                    {"MAX_BATCH_SIZE": "1"},
+                    lambda srv: self.sweep(
+                        "unbatched_parallel",
+                        label,
+                        srv.base_url,
+                        srv.base_url + "/metrics",
+                        srv.pid,
+                        concurrencies=(TARGET_CONCURRENCY,),
                     ),
                 )
             self.with_server(

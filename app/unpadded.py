@@ -1,0 +1,106 @@
+"""Padding-free forward pass for BERT-style classifiers on the CPU.
+
+A padded batch pays for every pad token in every linear layer, which is almost all of a small
+encoder's work on short texts. Here the texts of a batch are concatenated into one
+(tokens x hidden) matrix: embeddings, projections, feed-forward and LayerNorm run on real
+tokens only, and only the attention itself is laid out per text (padded, masked), which costs
+little at these lengths. The planner can then batch texts of any lengths together, so batches
+get large without wasting work. The weights are the Hugging Face model's own modules; scores
+match the model's padded forward to float rounding (tests/test_unpadded.py).
+
+Only `BertForSequenceClassification` with absolute positions qualifies (the default model's
+architecture); anything else runs the stock padded forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+
+def supports(model: Any) -> bool:
+    """Whether `model` is a BERT classifier this module reproduces exactly."""
+    if type(model).__name__ != "BertForSequenceClassification":
+        return False
+    config = model.config
+    bert = getattr(model, "bert", None)
+    return (
+        bert is not None
+        and bert.pooler is not None
+        and getattr(config, "position_embedding_type", "absolute") == "absolute"
+        and not getattr(config, "is_decoder", False)
+        and not getattr(config, "add_cross_attention", False)
+    )
+
+
+class UnpaddedBert:
+    """Runs a BertForSequenceClassification on concatenated, unpadded token rows."""
+
+    def __init__(self, model: Any) -> None:
+        if not supports(model):
+            raise ValueError("not a BertForSequenceClassification with absolute positions")
+        self._model = model
+        self._bert = model.bert
+        config = model.config
+        self._heads = int(config.num_attention_heads)
+        self._head_dim = int(config.hidden_size) // self._heads
+
+    def logits(self, rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+        """Logits (batch x labels) for token-id rows of any lengths (each at least 1)."""
+        lengths = [len(row) for row in rows]
+        batch, width = len(rows), max(lengths)
+        flat = [token for row in rows for token in row]
+        ids = torch.tensor(flat, dtype=torch.long, device=device)
+        positions = torch.cat([torch.arange(n) for n in lengths]).to(device)
+        # Row b, position p of the padded (batch x width) layout, for each real token.
+        starts = torch.tensor([0, *lengths[:-1]]).cumsum(0)
+        slots = (torch.arange(batch).repeat_interleave(torch.tensor(lengths)) * width).to(device)
+        slots = slots + positions
+        key_mask = torch.zeros(batch * width, dtype=torch.bool, device=device)
+        key_mask[slots] = True
+        key_mask = key_mask.view(batch, 1, 1, width)
+
+        emb = self._bert.embeddings
+        hidden = (
+            emb.word_embeddings(ids)
+            + emb.token_type_embeddings.weight[0]
+            + emb.position_embeddings(positions)
+        )
+        hidden = emb.LayerNorm(hidden)
+        for layer in self._bert.encoder.layer:
+            hidden = self._layer(layer, hidden, slots, key_mask, batch, width)
+        first = hidden.index_select(0, starts.to(device))
+        pooled = self._bert.pooler.activation(self._bert.pooler.dense(first))
+        logits: torch.Tensor = self._model.classifier(pooled)
+        return logits
+
+    def _layer(
+        self,
+        layer: Any,
+        hidden: torch.Tensor,
+        slots: torch.Tensor,
+        key_mask: torch.Tensor,
+        batch: int,
+        width: int,
+    ) -> torch.Tensor:
+        attn = layer.attention
+        q = self._padded(attn.self.query(hidden), slots, batch, width)
+        k = self._padded(attn.self.key(hidden), slots, batch, width)
+        v = self._padded(attn.self.value(hidden), slots, batch, width)
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        context = context.transpose(1, 2).reshape(batch * width, -1).index_select(0, slots)
+        attended = attn.output.LayerNorm(attn.output.dense(context) + hidden)
+        inner = layer.intermediate(attended)
+        out: torch.Tensor = layer.output.LayerNorm(layer.output.dense(inner) + attended)
+        return out
+
+    def _padded(
+        self, tokens: torch.Tensor, slots: torch.Tensor, batch: int, width: int
+    ) -> torch.Tensor:
+        """(tokens x hidden) -> (batch x heads x width x head_dim), zeros where padded."""
+        grid = tokens.new_zeros(batch * width, tokens.shape[-1])
+        grid.index_copy_(0, slots, tokens)
+        return grid.view(batch, width, self._heads, self._head_dim).transpose(1, 2)
