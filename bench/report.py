@@ -131,6 +131,16 @@ def markdown(result: dict[str, Any], targets: Sequence[TargetResult]) -> str:
                 f"{_pct(mode.get('tokenize_share'))} |"
             )
         add("")
+        after = ((result.get("ceiling_after") or {}).get("variants") or [{}])[0].get("modes")
+        if after:
+            again = ", ".join(
+                f"{name} {_fmt(m['sentences_per_s'])} sentences/s" for name, m in after.items()
+            )
+            add(
+                f"Measured again after the batched sweep: {again}. The targets use the mean of "
+                "the two (the machine's speed drifts within minutes)."
+            )
+            add("")
     cold_rows = [
         (name, series)
         for name, series in result.get("series", {}).items()

@@ -262,3 +262,26 @@ def test_ceiling_variant_follows_server_settings(monkeypatch: pytest.MonkeyPatch
     assert ceiling_variant(1, {"DTYPE": "bfloat16"}) == "bf16"
     for spec in ("fp32", "int8+w2", "bf16"):
         parse_variant(spec)  # every generated spec must parse
+
+
+def test_ceiling_measured_before_and_after_is_averaged() -> None:
+    result = _result()
+    after = json.loads(json.dumps(result["ceiling"]))
+    after["variants"][0]["modes"]["b32s"]["sentences_per_s"] = 220.0  # machine got faster
+    after["variants"][0]["modes"]["b1"]["latency"]["p50_ms"] = 11.0
+    result["ceiling_after"] = after
+    statuses = evaluate(result)
+    # 150 / mean(180, 220) = 75 % FAIL (it passed against the first ceiling alone).
+    assert statuses[0].status == "FAIL" and "200.0" in statuses[0].measured
+    # c=1 against mean(13, 11) + 2 = 14 ms: 14.5 FAILs.
+    assert statuses[2].status == "FAIL"
+    from bench.targets import ceiling_mode
+
+    sorted_mode = ceiling_mode(result, "b32s")
+    assert sorted_mode is not None
+    assert sorted_mode["bracket"] == {
+        "before": 180.0,
+        "after": 220.0,
+        "p50_ms_before": None,
+        "p50_ms_after": None,
+    }
