@@ -43,6 +43,32 @@ async def in_daemon_thread(fn: Callable[[], T]) -> T:
     return await asyncio.wrap_future(future)
 
 
+def _warmup_shapes(classifier: HFClassifier, settings: Settings) -> list[tuple[int, int]]:
+    """The calibration shapes, cut to this deployment's row, width and token limits."""
+    shapes = []
+    for rows, width in _CALIBRATION_SHAPES:
+        rows = min(rows, settings.max_batch_size)
+        width = min(width, classifier.max_length)
+        if rows * width <= settings.max_batch_tokens or rows == 1:
+            shapes.append((rows, width))
+    return shapes
+
+
+def warm_up(classifier: HFClassifier, settings: Settings) -> None:
+    """One pass per shape: enough to warm the kernels when no cost model is needed."""
+    for rows, width in _warmup_shapes(classifier, settings):
+        classifier.timed_forward(rows, width)
+    logger.info("warmed up; padding-free batches need no batching cost model")
+
+
+def warm_up_and_calibrate(classifier: HFClassifier, settings: Settings) -> CostModel:
+    """The planner's cost model, fitted only when the planner uses it (padded forward)."""
+    if classifier.padding_free:
+        warm_up(classifier, settings)
+        return CostModel()
+    return calibrate(classifier, settings)
+
+
 def calibrate(classifier: HFClassifier, settings: Settings) -> CostModel:
     """Warm the kernels up, then fit the planner's cost model to measured forward passes.
 
@@ -53,11 +79,7 @@ def calibrate(classifier: HFClassifier, settings: Settings) -> CostModel:
     workers = max(1, classifier.workers)
     samples: list[tuple[int, int, float]] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="calibrate") as pool:
-        for rows, width in _CALIBRATION_SHAPES:
-            rows = min(rows, settings.max_batch_size)
-            width = min(width, classifier.max_length)
-            if rows * width > settings.max_batch_tokens and rows > 1:
-                continue
+        for rows, width in _warmup_shapes(classifier, settings):
 
             def timed(_: int, rows: int = rows, width: int = width) -> float:
                 classifier.timed_forward(rows, width)  # warm-up for this shape
@@ -112,7 +134,7 @@ def prepare(settings: Settings, loader: ClassifierLoader) -> tuple[HFClassifier,
             f"{classifier.max_length}; one long text could never be served"
         )
     loaded = time.perf_counter()
-    cost = calibrate(classifier, settings) if settings.warmup else CostModel()
+    cost = warm_up_and_calibrate(classifier, settings) if settings.warmup else CostModel()
     test = selftest_file(settings)
     if test is not None:
         self_test(classifier, test)

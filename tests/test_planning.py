@@ -108,3 +108,28 @@ def test_fit_keeps_the_per_pass_cost_when_a_large_pass_is_noisy() -> None:
     cost = CostModel.fit(samples)
     assert cost.per_batch_s == pytest.approx(0.007, rel=0.03)
     assert cost.per_token_s == pytest.approx(0.0003, rel=0.03)
+
+
+@pytest.mark.parametrize("unpadded", ["auto", "off"])
+def test_only_the_padded_forward_pays_for_calibration(settings_for: Any, unpadded: str) -> None:
+    from app.classifier import HFClassifier
+    from app.startup import warm_up_and_calibrate
+
+    settings = settings_for(unpadded=unpadded)
+    classifier = HFClassifier(settings)
+    calls: list[tuple[int, int]] = []
+
+    def timed_forward(rows: int, width: int) -> float:
+        calls.append((rows, width))
+        return 0.001 + 0.0001 * rows * width
+
+    classifier.timed_forward = timed_forward  # type: ignore[method-assign]
+    cost = warm_up_and_calibrate(classifier, settings)
+    shapes = set(calls)
+    if unpadded == "auto":  # padding-free: the planner is not used, one warm-up pass per shape
+        assert classifier.padding_free
+        assert cost == CostModel()
+        assert len(calls) == len(shapes)
+    else:  # warm-up plus three timed passes per shape, and a fitted model
+        assert len(calls) == 4 * len(shapes)
+        assert cost.per_batch_s == pytest.approx(0.001)
