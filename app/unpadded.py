@@ -47,6 +47,11 @@ class UnpaddedBert:
         config = model.config
         self._heads = int(config.num_attention_heads)
         self._head_dim = int(config.hidden_size) // self._heads
+        # One (3*hidden x hidden) projection per layer instead of three: one GEMM, one scatter
+        # into the padded layout. Float Linear layers only (int8 ones keep their own kernels).
+        self._qkv: list[tuple[torch.Tensor, torch.Tensor] | None] = [
+            _fused_qkv(layer.attention.self) for layer in self._bert.encoder.layer
+        ]
 
     def logits(self, rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
         """Logits (batch x labels) for token-id rows of any lengths (each at least 1)."""
@@ -76,8 +81,8 @@ class UnpaddedBert:
             + emb.position_embeddings(positions)
         )
         hidden = emb.LayerNorm(hidden)
-        for layer in self._bert.encoder.layer:
-            hidden = self._layer(layer, hidden, slots, key_mask, batch, width)
+        for layer, qkv in zip(self._bert.encoder.layer, self._qkv, strict=True):
+            hidden = self._layer(layer, qkv, hidden, slots, key_mask, batch, width)
         first = hidden.index_select(0, starts.to(device))
         pooled = self._bert.pooler.activation(self._bert.pooler.dense(first))
         logits: torch.Tensor = self._model.classifier(pooled)
@@ -86,6 +91,7 @@ class UnpaddedBert:
     def _layer(
         self,
         layer: Any,
+        qkv: tuple[torch.Tensor, torch.Tensor] | None,
         hidden: torch.Tensor,
         slots: torch.Tensor,
         key_mask: torch.Tensor,
@@ -93,9 +99,15 @@ class UnpaddedBert:
         width: int,
     ) -> torch.Tensor:
         attn = layer.attention
-        q = self._padded(attn.self.query(hidden), slots, batch, width)
-        k = self._padded(attn.self.key(hidden), slots, batch, width)
-        v = self._padded(attn.self.value(hidden), slots, batch, width)
+        if qkv is not None:
+            grid = self._grid(F.linear(hidden, *qkv), slots, batch, width)
+            # (batch, width, 3, heads, head_dim) -> three (batch, heads, width, head_dim) views
+            q, k, v = grid.view(batch, width, 3, self._heads, self._head_dim).permute(2, 0, 3, 1, 4)
+        else:
+            q, k, v = (
+                self._heads_view(self._grid(proj(hidden), slots, batch, width), batch, width)
+                for proj in (attn.self.query, attn.self.key, attn.self.value)
+            )
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         context = context.transpose(1, 2).reshape(batch * width, -1).index_select(0, slots)
         attended = attn.output.LayerNorm(attn.output.dense(context) + hidden)
@@ -103,10 +115,27 @@ class UnpaddedBert:
         out: torch.Tensor = layer.output.LayerNorm(layer.output.dense(inner) + attended)
         return out
 
-    def _padded(
-        self, tokens: torch.Tensor, slots: torch.Tensor, batch: int, width: int
-    ) -> torch.Tensor:
-        """(tokens x hidden) -> (batch x heads x width x head_dim), zeros where padded."""
+    @staticmethod
+    def _grid(tokens: torch.Tensor, slots: torch.Tensor, batch: int, width: int) -> torch.Tensor:
+        """(tokens x features) -> (batch*width x features), zeros where padded."""
         grid = tokens.new_zeros(batch * width, tokens.shape[-1])
         grid.index_copy_(0, slots, tokens)
+        return grid
+
+    def _heads_view(self, grid: torch.Tensor, batch: int, width: int) -> torch.Tensor:
+        """(batch*width x hidden) -> (batch x heads x width x head_dim)."""
         return grid.view(batch, width, self._heads, self._head_dim).transpose(1, 2)
+
+
+def _fused_qkv(self_attention: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Query, key and value weights stacked into one projection, or None if not plain float."""
+    projections = (self_attention.query, self_attention.key, self_attention.value)
+    if not all(
+        type(p) is torch.nn.Linear and p.bias is not None and p.weight.is_floating_point()
+        for p in projections
+    ):
+        return None
+    with torch.no_grad():
+        weight = torch.cat([p.weight for p in projections]).contiguous()
+        bias = torch.cat([p.bias for p in projections]).contiguous()
+    return weight, bias

@@ -46,6 +46,11 @@ def test_scores_equal_the_padded_forward(fixture: str, request: Any) -> None:
         np.testing.assert_allclose(got, alone, atol=1e-5)
 
 
+def test_float_layers_project_query_key_value_in_one_pass(tiny_model: Path) -> None:
+    unpadded = HFClassifier(make_settings(tiny_model))._unpadded
+    assert unpadded is not None and unpadded._qkv and all(unpadded._qkv)
+
+
 def test_other_architectures_keep_the_padded_forward() -> None:
     config = DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32)
     assert not supports(DistilBertForSequenceClassification(config))
@@ -56,6 +61,8 @@ def test_int8_model_runs_padding_free_too(tiny_model: Path) -> None:
     quantized = HFClassifier(make_settings(tiny_model, quantize="int8"))
     reference = HFClassifier(make_settings(tiny_model, quantize="int8", unpadded="off"))
     assert quantized.padding_free
+    # int8 Linear layers keep their own kernels: no fused float copy of their weights.
+    assert quantized._unpadded is not None and not any(quantized._unpadded._qkv)
     rows = _rows(5, seed=1)
     width = max(map(len, rows))
     np.testing.assert_allclose(
