@@ -57,22 +57,22 @@ class UnpaddedBert:
         """Logits (batch x labels) for token-id rows of any lengths (each at least 1)."""
         lengths = [len(row) for row in rows]
         batch, width = len(rows), max(lengths)
-        if min(lengths) == width:
-            # Nothing to pad (a lone text, or texts of one length): the stock forward is the
-            # same computation with fewer small ops.
-            ids = torch.tensor(rows, dtype=torch.long, device=device)
-            out: torch.Tensor = self._model(input_ids=ids).logits
-            return out
         flat = [token for row in rows for token in row]
         ids = torch.tensor(flat, dtype=torch.long, device=device)
         positions = torch.cat([torch.arange(n) for n in lengths]).to(device)
-        # Row b, position p of the padded (batch x width) layout, for each real token.
-        starts = torch.tensor([0, *lengths[:-1]]).cumsum(0)
-        slots = (torch.arange(batch).repeat_interleave(torch.tensor(lengths)) * width).to(device)
-        slots = slots + positions
-        key_mask = torch.zeros(batch * width, dtype=torch.bool, device=device)
-        key_mask[slots] = True
-        key_mask = key_mask.view(batch, 1, 1, width)
+        # Where each text's first token ([CLS]) sits in the concatenation.
+        starts = torch.tensor([0, *lengths[:-1]]).cumsum(0).to(device)
+        slots: torch.Tensor | None = None
+        key_mask: torch.Tensor | None = None
+        if min(lengths) < width:
+            # Row b, position p of the padded (batch x width) layout, for each real token.
+            slots = torch.arange(batch).repeat_interleave(torch.tensor(lengths)).to(device)
+            slots = slots * width + positions
+            key_mask = torch.zeros(batch * width, dtype=torch.bool, device=device)
+            key_mask[slots] = True
+            key_mask = key_mask.view(batch, 1, 1, width)
+        # else: a lone text, or texts of one length: the concatenation already is the
+        # (batch x width) layout, with no scatter and no mask.
 
         emb = self._bert.embeddings
         hidden = (
@@ -83,7 +83,7 @@ class UnpaddedBert:
         hidden = emb.LayerNorm(hidden)
         for layer, qkv in zip(self._bert.encoder.layer, self._qkv, strict=True):
             hidden = self._layer(layer, qkv, hidden, slots, key_mask, batch, width)
-        first = hidden.index_select(0, starts.to(device))
+        first = hidden.index_select(0, starts)
         pooled = self._bert.pooler.activation(self._bert.pooler.dense(first))
         logits: torch.Tensor = self._model.classifier(pooled)
         return logits
@@ -93,8 +93,8 @@ class UnpaddedBert:
         layer: Any,
         qkv: tuple[torch.Tensor, torch.Tensor] | None,
         hidden: torch.Tensor,
-        slots: torch.Tensor,
-        key_mask: torch.Tensor,
+        slots: torch.Tensor | None,
+        key_mask: torch.Tensor | None,
         batch: int,
         width: int,
     ) -> torch.Tensor:
@@ -109,15 +109,21 @@ class UnpaddedBert:
                 for proj in (attn.self.query, attn.self.key, attn.self.value)
             )
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-        context = context.transpose(1, 2).reshape(batch * width, -1).index_select(0, slots)
+        context = context.transpose(1, 2).reshape(batch * width, -1)
+        if slots is not None:
+            context = context.index_select(0, slots)
         attended = attn.output.LayerNorm(attn.output.dense(context) + hidden)
         inner = layer.intermediate(attended)
         out: torch.Tensor = layer.output.LayerNorm(layer.output.dense(inner) + attended)
         return out
 
     @staticmethod
-    def _grid(tokens: torch.Tensor, slots: torch.Tensor, batch: int, width: int) -> torch.Tensor:
+    def _grid(
+        tokens: torch.Tensor, slots: torch.Tensor | None, batch: int, width: int
+    ) -> torch.Tensor:
         """(tokens x features) -> (batch*width x features), zeros where padded."""
+        if slots is None:
+            return tokens
         grid = tokens.new_zeros(batch * width, tokens.shape[-1])
         grid.index_copy_(0, slots, tokens)
         return grid

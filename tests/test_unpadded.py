@@ -44,6 +44,10 @@ def test_scores_equal_the_padded_forward(fixture: str, request: Any) -> None:
         # A text's scores do not depend on what it is batched with.
         alone = np.stack([unpadded.forward([row], len(row))[0] for row in rows])
         np.testing.assert_allclose(got, alone, atol=1e-5)
+    # Texts of one length take the path without scatter or mask.
+    same = [row[:9] for row in _rows(40, seed=5) if len(row) >= 9][:6]
+    assert len(same) == 6
+    np.testing.assert_allclose(unpadded.forward(same, 9), padded.forward(same, 9), atol=1e-5)
 
 
 def test_float_layers_project_query_key_value_in_one_pass(tiny_model: Path) -> None:
