@@ -90,13 +90,13 @@ def _loadavg() -> str:
         return "n/a"
 
 
-def check_selftest(folder: Path) -> None:
+def check_selftest(folder: Path, model: Any, tokenizer: Any) -> None:
     """Write selftest.json and make sure the saved model passes it, as the service will."""
-    from model.evaluate import evaluate
+    from model.evaluate import evaluate_loaded
 
     texts = [text for text, _ in SELFTEST_CASES]
     labels: list[int | str] = [label for _, label in SELFTEST_CASES]
-    report = evaluate(folder, texts, labels)
+    report = evaluate_loaded(model, tokenizer, texts, labels)
     if report["accuracy"] < 1.0:
         raise BuildError(
             f"the built model misses {round((1 - report['accuracy']) * len(texts))} of "
@@ -116,7 +116,7 @@ def train_and_save(
     from transformers.utils import logging as hf_logging
 
     from model.card import render_card
-    from model.evaluate import evaluate
+    from model.evaluate import evaluate_loaded, load_folder
     from model.train import train
 
     # The load report would flag the new classifier head as missing, which is expected here.
@@ -155,6 +155,7 @@ def train_and_save(
         [ex.label for ex in train_set],
         recipe,
         weights=confidence_weights(train_set) if recipe.weight_by_confidence else None,
+        confidences=confidence_weights(train_set),
         progress=progress,
     )
     model.save_pretrained(folder)
@@ -162,8 +163,11 @@ def train_and_save(
 
     # Evaluate what was saved, exactly as a consumer of the folder would load it.
     print(f"evaluating on {len(heldout)} held-out examples", file=sys.stderr)
-    report = evaluate(folder, [ex.text for ex in heldout], [ex.label for ex in heldout])
-    check_selftest(folder)
+    saved, saved_tokenizer = load_folder(folder)
+    report = evaluate_loaded(
+        saved, saved_tokenizer, [ex.text for ex in heldout], [ex.label for ex in heldout]
+    )
+    check_selftest(folder, saved, saved_tokenizer)
     if report["accuracy"] < SANITY_MIN_ACCURACY:
         raise BuildError(
             f"held-out accuracy {report['accuracy']:.3f} is below the sanity floor "

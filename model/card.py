@@ -31,6 +31,12 @@ def render_card(info: Mapping[str, Any], report: Mapping[str, Any]) -> str:
     frozen = "embedding layer frozen" if recipe["freeze_embeddings"] else "all layers trained"
     if recipe["frozen_layers"]:
         frozen += f", lowest {recipe['frozen_layers']} encoder layers frozen"
+    loss = f"cross-entropy with label smoothing {recipe['label_smoothing']}"
+    if recipe.get("confidence_targets"):
+        loss += (
+            ", against soft targets (the gold label gets the annotators' confidence c, the "
+            "other labels share 1 - c)"
+        )
     recipe_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in recipe.items())
     version_rows = ", ".join(f"{k} {v}" for k, v in versions.items())
     return f"""---
@@ -102,6 +108,7 @@ new head): {recipe["epochs"]} epoch(s), AdamW with linear warmup then {recipe["s
 batches of {recipe["batch_size"]} drawn by length from shuffled windows (little padding), at most
 {recipe["max_length"]} word pieces per tweet, {frozen}, dropout {recipe["dropout"]},
 {"bf16 autocast on the CPU (weights and optimizer in fp32)" if recipe["autocast_bf16"] else "fp32"}.
+Loss: {loss}.
 Training is single-process on {recipe["torch_threads"]} threads; seeds are fixed and the batch
 order is a function of the seed, so the same seed with the same software on the same CPU gives
 the same weights and metrics. The held-out evaluation runs the saved fp32 weights.

@@ -58,22 +58,17 @@ def predict(
     batch_size: int = 64,
     max_length: int = 128,
 ) -> list[int]:
-    """Argmax class ids, batched by length (sorted) and returned in input order."""
+    """Argmax class ids, batched by token count (sorted) and returned in input order."""
     import torch
 
     model.train(False)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
     preds = [0] * len(texts)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            enc = tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
+            enc = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
             logits = model(**enc).logits
             for i, p in zip(idx, logits.argmax(dim=-1).tolist(), strict=True):
                 preds[i] = int(p)
@@ -104,8 +99,14 @@ def evaluate(
     model_dir: str | Path, texts: Sequence[str], labels: Sequence[int | str]
 ) -> dict[str, Any]:
     """Evaluate a save_pretrained classifier folder; labels are class ids or label names."""
+    model, tokenizer = load_folder(model_dir)
+    return evaluate_loaded(model, tokenizer, texts, labels)
+
+
+def load_folder(model_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The classifier and tokenizer of a save_pretrained folder, as a consumer loads them."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
-    return evaluate_loaded(model, tokenizer, texts, labels)
+    return model, tokenizer

@@ -108,6 +108,19 @@ def param_groups(model: PreTrainedModel, recipe: Recipe) -> list[dict[str, Any]]
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
 
+def soft_targets(
+    labels: Sequence[int], confidences: Sequence[float], n_labels: int
+) -> torch.Tensor:
+    """Rows of label probabilities: c on the label, (1 - c) / (n - 1) on each other one."""
+    import torch
+
+    conf = torch.tensor(confidences, dtype=torch.float32).clamp(1.0 / n_labels, 1.0)
+    rest = (1.0 - conf) / (n_labels - 1)
+    out = rest.unsqueeze(1).repeat(1, n_labels)
+    out[torch.arange(len(labels)), torch.tensor(labels, dtype=torch.long)] = conf
+    return out
+
+
 def train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -115,9 +128,14 @@ def train(
     labels: Sequence[int],
     recipe: Recipe,
     weights: Sequence[float] | None = None,
+    confidences: Sequence[float] | None = None,
     progress: bool = True,
 ) -> TrainStats:
-    """Fine-tune model in place; ``weights`` scale each example's loss (default 1)."""
+    """Fine-tune model in place.
+
+    ``weights`` scale each example's loss (default 1); ``confidences`` (with
+    ``recipe.confidence_targets``) turn each label into a soft target.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -142,7 +160,9 @@ def train(
     ]
     total = len(plan)
     warmup = max(1, round(total * recipe.warmup_ratio))
-    target = torch.tensor(labels, dtype=torch.long)
+    target: torch.Tensor = torch.tensor(labels, dtype=torch.long)
+    if recipe.confidence_targets and confidences is not None:
+        target = soft_targets(labels, confidences, int(model.config.num_labels or max(labels) + 1))
     weight = torch.tensor(weights if weights is not None else [1.0] * len(labels))
 
     model.train()

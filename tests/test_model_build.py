@@ -40,7 +40,7 @@ from model.evaluate import compute_report
 from model.pins import PINS, WheelPin
 from model.recipe import Recipe
 from model.selftest import CASES as SELFTEST_CASES
-from model.train import bucketed_batches, layer_of, lr_factor, param_groups
+from model.train import bucketed_batches, layer_of, lr_factor, param_groups, soft_targets
 from model.wheels import BuildError, ensure_wheel, extract_files, read_member, verify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,6 +223,16 @@ def test_lr_factor_warms_up_then_decays_to_zero(schedule: str) -> None:
     assert lr_factor(total, warmup, total, schedule) == pytest.approx(0.0)
     with pytest.raises(ValueError):
         lr_factor(50, warmup, total, "step")
+
+
+def test_soft_targets_put_the_confidence_on_the_label_and_share_the_rest() -> None:
+    rows = soft_targets([0, 2, 1, 1], [1.0, 0.6, 0.2, 0.5], n_labels=3).tolist()
+    assert rows[0] == pytest.approx([1.0, 0.0, 0.0])
+    assert rows[1] == pytest.approx([0.2, 0.2, 0.6])
+    # Below 1/n the label would stop being the most likely one: clamped to uniform.
+    assert rows[2] == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+    assert rows[3] == pytest.approx([0.25, 0.5, 0.25])
+    assert all(sum(r) == pytest.approx(1.0) for r in rows)
 
 
 # ---------------------------------------------------------------- metrics
