@@ -36,7 +36,10 @@ from bench.wrkrun import LoadGenError, run_wrk, wrk_version
 
 Log = Callable[[str], None]
 
-BASELINE_ENV = {"MAX_BATCH_SIZE": "1", "INFERENCE_WORKERS": "1"}
+# The seeds' design: one request = one forward pass of the model's own (padded) forward, one
+# pass at a time. UNPADDED=off keeps our faster single-text forward out of the baseline; the
+# unbatched_parallel series shows that forward without batching.
+BASELINE_ENV = {"MAX_BATCH_SIZE": "1", "INFERENCE_WORKERS": "1", "UNPADDED": "off"}
 
 
 @dataclass
@@ -569,6 +572,16 @@ class Bench:
             )
         finally:
             proxy.stop()
+        # The same server direct again: the Nginx target compares with the mean of the
+        # direct steps before and after, as this VM's speed drifts within minutes.
+        self.sweep(
+            "direct_after",
+            "the same server direct again, right after the Nginx sweep (closed loop, wrk)",
+            direct_base,
+            direct_base + "/metrics",
+            pid,
+            concurrencies=(TARGET_CONCURRENCY,),
+        )
 
 
 def _c32_rps(series: dict[str, Any]) -> float | None:

@@ -133,12 +133,18 @@ def evaluate(result: dict[str, Any]) -> list[TargetResult]:
     req = f">= {NGINX_FRACTION:.0%} of direct requests/s"
     if nginx and batched:
         got, direct = nginx["ok_requests_per_s"], batched["ok_requests_per_s"]
+        shown = f"{direct:.1f}"
+        after = closed_step(result, "direct_after", c)
+        if after:  # bracket the Nginx sweep: mean of the direct steps before and after it
+            direct = (direct + after["ok_requests_per_s"]) / 2
+            shown = f"{direct:.1f} (direct {batched['ok_requests_per_s']:.1f} before, "
+            shown += f"{after['ok_requests_per_s']:.1f} after)"
         frac = got / direct if direct else 0.0
         out.append(
             TargetResult(
                 name,
                 req,
-                f"{got:.1f} / {direct:.1f} = {frac:.0%}",
+                f"{got:.1f} / {shown} = {frac:.0%}",
                 _verdict(frac >= NGINX_FRACTION),
             )
         )

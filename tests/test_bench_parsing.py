@@ -285,3 +285,20 @@ def test_ceiling_measured_before_and_after_is_averaged() -> None:
         "p50_ms_before": None,
         "p50_ms_after": None,
     }
+
+
+def test_nginx_target_uses_the_direct_steps_around_it() -> None:
+    result = _result()
+    result["series"]["nginx"] = {"steps": [_step("closed", 32, 140.0, 210.0)]}
+    # Direct 150 before, 130 after (the machine slowed): 140 / 140 = 100 % PASS, where the
+    # step before alone would have said 93 % FAIL.
+    result["series"]["direct_after"] = {"steps": [_step("closed", 32, 130.0, 230.0)]}
+    nginx = evaluate(result)[3]
+    assert nginx.status == "PASS" and "100%" in nginx.measured and "130.0 after" in nginx.measured
+
+
+def test_baseline_is_the_seeds_design() -> None:
+    from bench.runner import BASELINE_ENV
+
+    # One text per pass, one pass at a time, with the model's own padded forward.
+    assert BASELINE_ENV == {"MAX_BATCH_SIZE": "1", "INFERENCE_WORKERS": "1", "UNPADDED": "off"}
