@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from app.config import Settings
@@ -141,6 +143,8 @@ class HFClassifier:
         )
         self.activation = activation_for(config.problem_type, config.num_labels)
         self.max_length = self._max_length(settings.max_length)
+        self._tokenizer_lock = threading.Lock()
+        self._encoders = self._fixed_encoders()
         pad_id = self._tokenizer.pad_token_id
         self._pad_id = int(pad_id) if pad_id is not None else 0
         self.info = ModelInfo(
@@ -172,24 +176,64 @@ class HFClassifier:
         return requested
 
     def tokenize(self, texts: Sequence[str], truncate: bool) -> list[Encoded]:
-        """Token ids with special tokens; the full count is kept to report truncation."""
-        full: list[list[int]] = self._tokenizer(
-            list(texts), truncation=False, return_attention_mask=False, verbose=False
-        )["input_ids"]
+        """Token ids with special tokens; the full count is kept to report truncation.
+
+        Called from the event loop and the tokenizer thread at once: see `_encoders`."""
+        full = self._encode(list(texts), cut=False)
         too_long = [i for i, ids in enumerate(full) if len(ids) > self.max_length]
         cut: dict[int, list[int]] = {}
         if truncate and too_long:
-            short = self._tokenizer(
-                [texts[i] for i in too_long],
-                truncation=True,
-                max_length=self.max_length,
-                return_attention_mask=False,
-            )["input_ids"]
+            short = self._encode([texts[i] for i in too_long], cut=True)
             cut = dict(zip(too_long, short, strict=True))
         return [
             Encoded(ids=cut.get(i, ids), num_tokens=len(ids), truncated=i in cut)
             for i, ids in enumerate(full)
         ]
+
+    def _encode(self, texts: list[str], cut: bool) -> list[list[int]]:
+        if self._encoders is not None:
+            encoder = self._encoders[1 if cut else 0]
+            return [e.ids for e in encoder.encode_batch(texts, add_special_tokens=True)]
+        with self._tokenizer_lock:  # the wrapper reconfigures itself on every call
+            ids: list[list[int]] = self._tokenizer(
+                texts,
+                truncation=cut,
+                max_length=self.max_length if cut else None,
+                return_attention_mask=False,
+                verbose=False,
+            )["input_ids"]
+            return ids
+
+    def _fixed_encoders(self) -> tuple[Tokenizer, Tokenizer] | None:
+        """Two private copies of the fast tokenizer's Rust backend, one without and one with
+        truncation, configured once and never again.
+
+        The transformers wrapper sets truncation on its single backend at every call, so two
+        threads tokenizing at once could get each other's setting (a long text left uncut, a
+        short one cut); this was seen in tests. The copies must give the wrapper's ids on a
+        probe, or the wrapper is used under a lock instead."""
+        backend = getattr(self._tokenizer, "backend_tokenizer", None)
+        if not isinstance(backend, Tokenizer):
+            return None
+        plain, cut = (Tokenizer.from_str(backend.to_str()) for _ in range(2))
+        plain.no_truncation()
+        plain.no_padding()
+        cut.no_padding()
+        cut.enable_truncation(
+            self.max_length, direction=getattr(self._tokenizer, "truncation_side", "right")
+        )
+        probe = ["Hello, world!", " ".join(["token"] * (self.max_length + 8)), "  a\tb  "]
+        with self._tokenizer_lock:
+            want_plain = self._tokenizer(probe, truncation=False, verbose=False)["input_ids"]
+            want_cut = self._tokenizer(
+                probe, truncation=True, max_length=self.max_length, verbose=False
+            )["input_ids"]
+        got_plain = [e.ids for e in plain.encode_batch(probe, add_special_tokens=True)]
+        got_cut = [e.ids for e in cut.encode_batch(probe, add_special_tokens=True)]
+        if got_plain != want_plain or got_cut != want_cut:
+            logger.warning("tokenizer backend differs from its wrapper; tokenizing under a lock")
+            return None
+        return plain, cut
 
     @property
     def padding_free(self) -> bool:

@@ -166,7 +166,10 @@ async def test_request_id_is_echoed_or_made(api) -> None:
     given = await api.client.get("/health", headers={"x-request-id": "abc-123"})
     assert given.headers["x-request-id"] == "abc-123"
     made = await api.client.get("/health")
+    again = await api.client.get("/health")
     assert len(made.headers["x-request-id"]) == 32
+    assert int(made.headers["x-request-id"], 16) >= 0  # hex
+    assert made.headers["x-request-id"] != again.headers["x-request-id"]
     unsafe = await api.client.get("/health", headers={"x-request-id": "a b\tc"})
     assert unsafe.headers["x-request-id"] != "a b\tc"
 

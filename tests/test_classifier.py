@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,37 @@ def test_int8_quantization_keeps_the_labels_close(tiny_model: Path) -> None:
     quantized = HFClassifier(make_settings(tiny_model, quantize="int8"))
     assert quantized.info.dtype == "float32+int8"
     assert np.abs(_scores(exact, TEXTS) - _scores(quantized, TEXTS)).max() < 0.05
+
+
+def test_tokenize_is_safe_from_two_threads(tiny_model: Path) -> None:
+    # The event loop and the tokenizer thread tokenize at once. Through the transformers
+    # wrapper (which reconfigures truncation on its one backend per call) this gave 36 wrong
+    # lengths in 6,000 calls: long texts left uncut, uncut texts cut.
+    classifier = HFClassifier(make_settings(tiny_model, max_length=8))
+    long_text = " ".join(["good"] * 30)
+    wrong: list[str] = []
+
+    def tokenize(truncate: bool, length: int) -> None:
+        for _ in range(3000):
+            encoded = classifier.tokenize([long_text] * 4, truncate=truncate)
+            if any(len(e.ids) != length for e in encoded):
+                wrong.append(f"truncate={truncate}")
+
+    threads = [
+        threading.Thread(target=tokenize, args=(True, 8)),
+        threading.Thread(target=tokenize, args=(False, 32)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not wrong, (len(wrong), wrong[:3])
+
+
+def test_wrapper_fallback_gives_the_same_ids(tiny_model: Path) -> None:
+    classifier = HFClassifier(make_settings(tiny_model, max_length=8))
+    assert classifier._encoders is not None  # the fast path is the one in use
+    texts = ["good film", " ".join(["bad"] * 20), "odd\ttabs  and   spaces"]
+    fast = classifier.tokenize(texts, truncate=True)
+    classifier._encoders = None
+    assert classifier.tokenize(texts, truncate=True) == fast
