@@ -74,7 +74,7 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def _quantized(model: Any, device: torch.device) -> Any:
+def quantize_int8(model: Any, device: torch.device) -> Any:
     """Dynamic int8 weights for every Linear layer; activations are quantized per batch."""
     if device.type != "cpu":
         raise ModelLoadError("QUANTIZE=int8 is a CPU option; use DTYPE=float16 on CUDA")
@@ -129,7 +129,7 @@ class HFClassifier:
             raise ModelLoadError(f"cannot load the model from MODEL_PATH={path}: {detail}") from exc
         self._model = model.to(self.device).eval()
         if settings.quantize == "int8":
-            self._model = _quantized(self._model, self.device)
+            self._model = quantize_int8(self._model, self.device)
         self._unpadded = (
             UnpaddedBert(self._model)
             if settings.unpadded == "auto" and self.device.type == "cpu" and supports(self._model)
@@ -178,7 +178,7 @@ class HFClassifier:
     def tokenize(self, texts: Sequence[str], truncate: bool) -> list[Encoded]:
         """Token ids with special tokens; the full count is kept to report truncation.
 
-        Called from the event loop and the tokenizer thread at once: see `_encoders`."""
+        Called from the event loop and the tokenizer thread at once: see `_fixed_encoders`."""
         full = self._encode(list(texts), cut=False)
         too_long = [i for i, ids in enumerate(full) if len(ids) > self.max_length]
         cut: dict[int, list[int]] = {}

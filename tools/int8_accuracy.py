@@ -2,9 +2,9 @@
 
     .venv/bin/python -m tools.int8_accuracy [MODEL_DIR]   (default model/default)
 
-Quantizes the way `QUANTIZE=int8` does in the service (app/classifier.py) and scores both on
-the folder's own held-out split (the seed in its eval_report.json). Prints one JSON line; the
-"int8" rows in BENCHMARKS.md and README.md come from it.
+Quantizes with the service's own `QUANTIZE=int8` function (app.classifier.quantize_int8) and
+scores both on the folder's own held-out split (the seed in its eval_report.json). Prints one
+JSON line; the "int8" rows in BENCHMARKS.md and README.md come from it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 def measure(model_dir: Path) -> dict[str, Any]:
     import torch
-    from torch.ao.quantization import quantize_dynamic
 
+    from app.classifier import quantize_int8
     from model.data import load_split
     from model.evaluate import evaluate_loaded, load_folder
 
@@ -29,7 +29,7 @@ def measure(model_dir: Path) -> dict[str, Any]:
     model, tokenizer = load_folder(model_dir)
     out: dict[str, Any] = {"model": str(model_dir), "n_examples": len(texts)}
     fp32 = evaluate_loaded(model, tokenizer, texts, labels)
-    int8_model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)  # type: ignore[no-untyped-call]
+    int8_model = quantize_int8(model, torch.device("cpu"))
     int8 = evaluate_loaded(int8_model, tokenizer, texts, labels)
     for name, report in (("fp32", fp32), ("int8", int8)):
         out[name] = {k: report[k] for k in ("accuracy", "macro_f1", "eval_seconds")}
