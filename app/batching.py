@@ -26,7 +26,9 @@ _RATE_SMOOTHING = 0.2
 
 
 class BatchModel(Protocol):
-    def forward(self, rows: Sequence[Sequence[int]], width: int) -> FloatArray: ...
+    def forward(
+        self, rows: Sequence[Sequence[int]], width: int, alone: bool = False
+    ) -> FloatArray: ...
 
     def release_cached_memory(self) -> None: ...
 
@@ -90,6 +92,7 @@ class Batcher:
         self._closed = False
         self._last_rows = 0
         self._last_end = 0.0
+        self._busy = 0  # inference threads between taking a batch and finishing it
         self._rate = 0.0  # texts per second of model time, smoothed
 
     @property
@@ -164,13 +167,17 @@ class Batcher:
         """One inference thread: take a batch, run it, hand the results to the event loop."""
         while True:
             try:
-                batch = self._take_batch()
-                if batch is None:
+                taken = self._take_batch()
+                if taken is None:
                     return
-                outcome = self._forward_batch(batch)
-                with self._work:
-                    self._last_rows = len(outcome.items)
-                    self._last_end = time.perf_counter()
+                batch, alone = taken
+                try:
+                    outcome = self._forward_batch(batch, alone)
+                finally:
+                    with self._work:
+                        self._busy -= 1
+                        self._last_rows = len(batch)
+                        self._last_end = time.perf_counter()
                 self._deliver(outcome)
             except Exception:  # a bug here must not take the thread down
                 logger.exception("inference thread error")
@@ -180,8 +187,13 @@ class Batcher:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the process is exiting
             self._loop.call_soon_threadsafe(self._finish, outcome)
 
-    def _take_batch(self) -> list[_Item] | None:
-        """Block until there is work, then plan from the oldest text and claim that batch."""
+    def _take_batch(self) -> tuple[list[_Item], bool] | None:
+        """Block until there is work, then plan from the oldest text and claim that batch.
+
+        Also says whether the pass runs alone: no other pass running and nothing left
+        queued, so the model may spread it over every core (a lone request on a quiet
+        server); otherwise the passes share the cores.
+        """
         with self._work:
             waited = False
             while True:
@@ -200,7 +212,9 @@ class Batcher:
             chosen = set(map(id, batch))
             self._pending = [item for item in self._pending if id(item) not in chosen]
             self._metrics.queue_depth.set(len(self._pending))
-            return batch
+            alone = self._busy == 0 and not self._pending
+            self._busy += 1
+            return batch, alone
 
     def _gather_more(self) -> None:
         """While busy, wait briefly for as many texts as the last batch had; never when idle.
@@ -249,7 +263,7 @@ class Batcher:
             longest = width
         return batch
 
-    def _forward_batch(self, items: list[_Item]) -> _Outcome:
+    def _forward_batch(self, items: list[_Item], alone: bool = False) -> _Outcome:
         """In an inference thread. A model bug fails its batch, never the worker."""
         live = [item for item in items if not item.future.done()]
         if not live:
@@ -257,26 +271,26 @@ class Batcher:
         width = padded_width(max(len(item.ids) for item in live), self._limits.pad_multiple)
         start = time.perf_counter()
         try:
-            scores, oom = self._forward_splitting(live, width)
+            scores, oom = self._forward_splitting(live, width, alone)
         except Exception as exc:
             return _Outcome(live, [None] * len(live), 0.0, width, error=exc)
         seconds = time.perf_counter() - start
         return _Outcome(live, scores, seconds, width, out_of_memory=oom, started=start)
 
     def _forward_splitting(
-        self, items: list[_Item], width: int
+        self, items: list[_Item], width: int, alone: bool
     ) -> tuple[list[FloatArray | None], bool]:
         """Forward pass; on device out-of-memory retry in halves, failing only single rows."""
         try:
-            result = self._model.forward([item.ids for item in items], width)
+            result = self._model.forward([item.ids for item in items], width, alone)
             return list(result), False
         except torch.OutOfMemoryError:
             self._model.release_cached_memory()
             if len(items) == 1:
                 return [None], True
             half = len(items) // 2
-            left, _ = self._forward_splitting(items[:half], width)
-            right, _ = self._forward_splitting(items[half:], width)
+            left, _ = self._forward_splitting(items[:half], width, alone)
+            right, _ = self._forward_splitting(items[half:], width, alone)
             return left + right, True
 
     def _finish(self, outcome: _Outcome) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -20,6 +21,7 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from app.config import Settings
+from app.onednn import pack_linear_layers
 from app.scoring import Activation, FloatArray, activate, activation_for
 from app.unpadded import UnpaddedBert, supports
 
@@ -119,6 +121,9 @@ class HFClassifier:
         threads = settings.torch_threads or max(1, cpu_count() // self.workers)
         torch.set_num_threads(threads)
         self.threads = threads
+        # A pass with the cores to itself (a lone request on a quiet server) may use them all.
+        self.alone_threads = max(threads, settings.alone_pass_threads or cpu_count())
+        self._per_thread = threading.local()
         try:
             self._tokenizer: Any = AutoTokenizer.from_pretrained(path, local_files_only=True)
             model: Any = AutoModelForSequenceClassification.from_pretrained(
@@ -135,6 +140,12 @@ class HFClassifier:
             if settings.unpadded == "auto" and self.device.type == "cpu" and supports(self._model)
             else None
         )
+        parameters = sum(p.numel() for p in self._model.parameters())
+        self.onednn_layers = 0
+        if settings.onednn_linear == "auto" and self.device.type == "cpu":
+            self.onednn_layers = pack_linear_layers(self._model)
+            if self._unpadded is not None:
+                self.onednn_layers += pack_linear_layers(self._unpadded.fused_qkv)
         config = self._model.config
         id2label = {int(k): str(v) for k, v in config.id2label.items()}
         self.labels = [id2label.get(i, f"LABEL_{i}") for i in range(config.num_labels)]
@@ -160,7 +171,7 @@ class HFClassifier:
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch.")
             + ("+int8" if settings.quantize == "int8" else ""),
-            parameters=sum(p.numel() for p in self._model.parameters()),
+            parameters=parameters,
         )
 
     def _max_length(self, requested: int | None) -> int:
@@ -240,8 +251,12 @@ class HFClassifier:
         """True when forward passes cost real tokens only (app/unpadded.py)."""
         return self._unpadded is not None
 
-    def forward(self, rows: Sequence[Sequence[int]], width: int) -> FloatArray:
-        """Scores (after the model's activation) for rows padded to `width` tokens."""
+    def forward(self, rows: Sequence[Sequence[int]], width: int, alone: bool = False) -> FloatArray:
+        """Scores (after the model's activation) for rows padded to `width` tokens.
+
+        `alone`: no other pass runs meanwhile, so a CPU pass may use `alone_threads`."""
+        if self.device.type == "cpu":
+            self._use_threads(self.alone_threads if alone else self.threads)
         if self._unpadded is not None:
             with torch.inference_mode():
                 logits = self._unpadded.logits(rows, self.device)
@@ -259,6 +274,18 @@ class HFClassifier:
         with torch.inference_mode():
             logits = self._model(input_ids=input_ids, attention_mask=attention_mask).logits
         return activate(logits.float().cpu().numpy(), self.activation)
+
+    def _use_threads(self, count: int) -> None:
+        """Intra-op threads for the passes of the calling thread only.
+
+        OpenMP and MKL keep the count per thread, but torch first copies its process-wide
+        count into a thread on that thread's first parallel call: get_num_threads makes that
+        happen now, so a later call from another thread cannot undo this one."""
+        if getattr(self._per_thread, "threads", None) == count:
+            return
+        torch.get_num_threads()
+        torch.set_num_threads(count)
+        self._per_thread.threads = count
 
     def release_cached_memory(self) -> None:
         """After a CUDA out-of-memory error, give cached blocks back before the next batch."""
@@ -283,4 +310,26 @@ def default_workers(device_type: str) -> int:
 
 
 def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota.
+
+    In a container limited with `cpus: 2` the affinity still lists every host core; sizing
+    threads from it would put a 64-core host's worth of threads on two cores' time."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores or 1, quota) if quota else cores or 1)
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Whole cores of this cgroup's CPU quota (v2 `cpu.max`, else v1 CFS), None if unlimited."""
+    try:
+        if (root / "cpu.max").is_file():
+            quota, _, period = (root / "cpu.max").read_text().partition(" ")
+            if quota.strip() == "max":
+                return None
+            return max(1, math.ceil(int(quota) / int(period)))
+        v1 = root / "cpu"
+        quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+        period_us = int((v1 / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return max(1, math.ceil(quota_us / period_us)) if quota_us > 0 and period_us > 0 else None

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, description="intra-op threads per forward pass; 0 = CPU cores / INFERENCE_WORKERS"
     )
+    alone_pass_threads: int = Field(
+        0,
+        ge=0,
+        description="intra-op threads for a CPU pass that runs while no other pass does "
+        "(a lone request on a quiet server); 0 = all CPU cores; never below TORCH_THREADS",
+    )
     inference_workers: int = Field(
         0,
         ge=0,
@@ -45,6 +51,11 @@ class Settings(BaseSettings):
         "auto",
         description="auto: BERT classifiers on the CPU run on concatenated tokens, no padding; "
         "off: always the model's padded forward",
+    )
+    onednn_linear: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: float32 Linear layers on the CPU run oneDNN's kernel on weights "
+        "reordered at load (same scores, faster); off: torch's default (MKL)",
     )
     max_length: int | None = Field(
         None, gt=1, description="token limit per text; default the model's own limit"

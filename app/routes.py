@@ -199,6 +199,7 @@ async def model_info(lifecycle: LifecycleDep, settings: SettingsDep) -> ModelInf
         batching=BatchingInfo(
             inference_workers=service.classifier.workers,
             torch_threads=service.classifier.threads,
+            alone_pass_threads=service.classifier.alone_threads,
             max_batch_size=settings.max_batch_size,
             max_batch_tokens=settings.max_batch_tokens,
             max_batch_wait_ms=settings.max_batch_wait_ms,

@@ -156,6 +156,7 @@ class ReadyResponse(BaseModel):
 class BatchingInfo(BaseModel):
     inference_workers: int
     torch_threads: int
+    alone_pass_threads: int = Field(description="threads of a CPU pass that runs alone")
     max_batch_size: int
     max_batch_tokens: int
     max_batch_wait_ms: float

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 
@@ -48,10 +49,12 @@ class UnpaddedBert:
         self._heads = int(config.num_attention_heads)
         self._head_dim = int(config.hidden_size) // self._heads
         # One (3*hidden x hidden) projection per layer instead of three: one GEMM, one scatter
-        # into the padded layout. Float Linear layers only (int8 ones keep their own kernels).
-        self._qkv: list[tuple[torch.Tensor, torch.Tensor] | None] = [
-            _fused_qkv(layer.attention.self) for layer in self._bert.encoder.layer
-        ]
+        # into the padded layout. Float Linear layers only (int8 ones keep their own kernels);
+        # empty unless every layer qualifies. A module list, so app/onednn.py can swap them.
+        fused = [_fused_qkv(layer.attention.self) for layer in self._bert.encoder.layer]
+        self.fused_qkv = nn.ModuleList(
+            [f for f in fused if f is not None] if all(f is not None for f in fused) else []
+        )
 
     def logits(self, rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
         """Logits (batch x labels) for token-id rows of any lengths (each at least 1)."""
@@ -81,7 +84,8 @@ class UnpaddedBert:
             + emb.position_embeddings(positions)
         )
         hidden = emb.LayerNorm(hidden)
-        for layer, qkv in zip(self._bert.encoder.layer, self._qkv, strict=True):
+        for index, layer in enumerate(self._bert.encoder.layer):
+            qkv = self.fused_qkv[index] if self.fused_qkv else None
             hidden = self._layer(layer, qkv, hidden, slots, key_mask, batch, width)
         first = hidden.index_select(0, starts)
         pooled = self._bert.pooler.activation(self._bert.pooler.dense(first))
@@ -91,7 +95,7 @@ class UnpaddedBert:
     def _layer(
         self,
         layer: Any,
-        qkv: tuple[torch.Tensor, torch.Tensor] | None,
+        qkv: nn.Module | None,
         hidden: torch.Tensor,
         slots: torch.Tensor | None,
         key_mask: torch.Tensor | None,
@@ -100,7 +104,7 @@ class UnpaddedBert:
     ) -> torch.Tensor:
         attn = layer.attention
         if qkv is not None:
-            grid = self._grid(F.linear(hidden, *qkv), slots, batch, width)
+            grid = self._grid(qkv(hidden), slots, batch, width)
             # (batch, width, 3, heads, head_dim) -> three (batch, heads, width, head_dim) views
             q, k, v = grid.view(batch, width, 3, self._heads, self._head_dim).permute(2, 0, 3, 1, 4)
         else:
@@ -133,15 +137,22 @@ class UnpaddedBert:
         return grid.view(batch, width, self._heads, self._head_dim).transpose(1, 2)
 
 
-def _fused_qkv(self_attention: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Query, key and value weights stacked into one projection, or None if not plain float."""
+def _fused_qkv(self_attention: Any) -> nn.Linear | None:
+    """Query, key and value stacked into one projection, or None if not plain float."""
     projections = (self_attention.query, self_attention.key, self_attention.value)
     if not all(
-        type(p) is torch.nn.Linear and p.bias is not None and p.weight.is_floating_point()
+        type(p) is nn.Linear and p.bias is not None and p.weight.is_floating_point()
         for p in projections
     ):
         return None
+    first = projections[0]
+    fused = nn.Linear(
+        first.in_features,
+        3 * first.out_features,
+        device=first.weight.device,
+        dtype=first.weight.dtype,
+    )
     with torch.no_grad():
-        weight = torch.cat([p.weight for p in projections]).contiguous()
-        bias = torch.cat([p.bias for p in projections]).contiguous()
-    return weight, bias
+        fused.weight.copy_(torch.cat([p.weight for p in projections]))
+        fused.bias.copy_(torch.cat([p.bias for p in projections]))
+    return fused.eval().requires_grad_(False)

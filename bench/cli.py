@@ -96,13 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="model-only sentences/s per variant (no HTTP)",
         description="Variants are '+'-joined tokens: fp32, int8 (dynamic quantization of "
         "Linear layers), sdpa|eager (attention), padN (pad to a multiple of N), tN (torch "
-        "threads), bf16. Example: --variants fp32,int8,eager,pad8,t1,int8+pad8",
+        "threads), bf16, aten (torch's own Linear kernels, not the app's oneDNN ones). Example: "
+        "--variants fp32,aten,int8,eager,pad8,t1,int8+pad8",
     )
     model.add_argument("--model", help="model folder (default $MODEL_PATH, else model/default)")
     model.add_argument("--variants", default="fp32", help="comma-separated variant specs")
     model.add_argument("--modes", default="b1,b32,b32s", help="b1, b32 (arrival), b32s (sorted)")
     model.add_argument("--batch-size", type=int, default=32)
     model.add_argument("--threads", type=int, help="default: TORCH_THREADS or one per core")
+    model.add_argument(
+        "--lone-threads",
+        type=int,
+        help="threads of the batch-1 mode (the app's ALONE_PASS_THREADS); default all cores",
+    )
     model.add_argument("--seconds", type=float, default=5.0, help="timed seconds per mode")
     model.add_argument("--warmup-s", type=float, default=1.0)
     model.add_argument(
@@ -154,6 +160,7 @@ def cmd_model(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         warmup_s=args.warmup_s,
         threads=args.threads,
+        lone_threads=args.lone_threads,
         max_length=args.max_length,
         repeat=args.repeat,
         progress=print if args.repeat > 1 else None,

@@ -39,11 +39,15 @@ class Variant:
     threads: int | None = None
     dtype: str = "float32"
     streams: int = 1
+    # The app's default kernels: float32 Linear layers on oneDNN (app/onednn.py); `aten`
+    # keeps torch's own (the model as the seeds ran it).
+    onednn: bool = True
 
 
 def parse_variant(spec: str) -> Variant:
     """Tokens: fp32|base, int8, sdpa|eager, padN (N>=2), tN|threadsN, wN (N parallel
-    streams sharing the model, like the app's INFERENCE_WORKERS), bf16."""
+    streams sharing the model, like the app's INFERENCE_WORKERS), bf16, aten (torch's own
+    Linear kernels instead of the app's oneDNN ones)."""
     spec = spec.strip()
     if not spec:
         raise ValueError("empty variant")
@@ -53,11 +57,14 @@ def parse_variant(spec: str) -> Variant:
     threads: int | None = None
     dtype = "float32"
     streams = 1
+    onednn = True
     for token in spec.lower().split("+"):
         if token in ("fp32", "base", "default"):
             continue
         if token == "int8":
             int8 = True
+        elif token == "aten":
+            onednn = False
         elif token in ("sdpa", "eager"):
             attn = token
         elif token == "bf16":
@@ -74,7 +81,7 @@ def parse_variant(spec: str) -> Variant:
             raise ValueError(f"unknown variant token {token!r} in {spec!r}")
     if int8 and dtype != "float32":
         raise ValueError("int8 dynamic quantization needs float32 weights")
-    return Variant(spec, int8, attn, pad, threads, dtype, streams)
+    return Variant(spec, int8, attn, pad, threads, dtype, streams, onednn)
 
 
 def cpu_cores() -> int:
@@ -120,13 +127,22 @@ def padding_efficiency(batches: Sequence[Sequence[int]], lengths: Sequence[int],
 class ModelRunner:
     """Loads one variant and times tokenize+forward+softmax over corpus batches."""
 
-    def __init__(self, model_path: Path, variant: Variant, threads: int, max_length: int | None):
+    def __init__(
+        self,
+        model_path: Path,
+        variant: Variant,
+        threads: int,
+        max_length: int | None,
+        lone_threads: int | None = None,
+    ):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.torch = torch
         self.variant = variant
         self.threads = variant.threads or threads
+        # Batch 1 is a lone request: the app gives such a pass ALONE_PASS_THREADS (all cores).
+        self.lone_threads = max(self.threads, variant.threads or lone_threads or cpu_cores())
         torch.set_num_threads(self.threads)
         # One tokenizer per stream: a fast tokenizer shared across threads raises
         # "Already borrowed" when two calls set padding/truncation at once.
@@ -150,6 +166,11 @@ class ModelRunner:
                 model = quantize_dynamic(  # type: ignore[no-untyped-call]
                     model, {torch.nn.Linear}, dtype=torch.qint8
                 )
+        self.onednn_layers = 0
+        if variant.onednn and not variant.int8 and variant.dtype == "float32":
+            from app.onednn import pack_linear_layers
+
+            self.onednn_layers = pack_linear_layers(model)
         self.model = model
         limit = getattr(self.tokenizer, "model_max_length", 512)
         config_limit = getattr(model.config, "max_position_embeddings", 512)
@@ -265,6 +286,8 @@ def _describe_runner(runner: ModelRunner, load_s: float, lengths: Sequence[int])
     return {
         "variant": runner.variant.spec,
         "threads": runner.threads,
+        "lone_threads": runner.lone_threads,
+        "onednn_layers": runner.onednn_layers,
         "attn_implementation": runner.attn_implementation,
         "int8": runner.variant.int8,
         "dtype": runner.variant.dtype,
@@ -302,6 +325,7 @@ def measure_variants(
     seconds: float = 5.0,
     warmup_s: float = 1.0,
     threads: int | None = None,
+    lone_threads: int | None = None,
     max_length: int | None = None,
     repeat: int = 1,
     progress: Callable[[str], None] | None = None,
@@ -317,7 +341,11 @@ def measure_variants(
     for variant in variants:
         t0 = time.perf_counter()
         runner = ModelRunner(
-            model_path, variant, threads or default_threads(variant.streams), max_length
+            model_path,
+            variant,
+            threads or default_threads(variant.streams),
+            max_length,
+            lone_threads,
         )
         load_s = time.perf_counter() - t0
         lengths = runner.token_lengths(texts)
@@ -325,8 +353,9 @@ def measure_variants(
     runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for rep in range(max(1, repeat)):
         for index, (runner, _, lengths) in enumerate(runners):
-            torch.set_num_threads(runner.threads)
             for mode in modes:
+                # New stream threads copy this count when they start (torch's rule).
+                torch.set_num_threads(runner.lone_threads if mode == "b1" else runner.threads)
                 r = measure_mode(runner, texts, lengths, mode, batch_size, seconds, warmup_s)
                 runs.setdefault((index, mode), []).append(r)
                 if progress is not None:

@@ -37,9 +37,15 @@ from bench.wrkrun import LoadGenError, run_wrk, wrk_version
 Log = Callable[[str], None]
 
 # The seeds' design: one request = one forward pass of the model's own (padded) forward, one
-# pass at a time. UNPADDED=off keeps our faster single-text forward out of the baseline; the
-# unbatched_parallel series shows that forward without batching.
-BASELINE_ENV = {"MAX_BATCH_SIZE": "1", "INFERENCE_WORKERS": "1", "UNPADDED": "off"}
+# pass at a time, torch's own kernels. UNPADDED=off and ONEDNN_LINEAR=off keep our faster
+# forward and Linear kernels out of the baseline; the unbatched_parallel series shows them
+# without batching.
+BASELINE_ENV = {
+    "MAX_BATCH_SIZE": "1",
+    "INFERENCE_WORKERS": "1",
+    "UNPADDED": "off",
+    "ONEDNN_LINEAR": "off",
+}
 
 
 @dataclass
@@ -217,6 +223,8 @@ class Bench:
                 ceiling_variant(self.workers, cfg.server_env),
                 "--threads",
                 str(self.threads),
+                "--lone-threads",
+                str(lone_pass_threads(self.threads, cfg.server_env)),
                 "--seconds",
                 str(cfg.ceiling_s),
                 "--warmup-s",
@@ -620,6 +628,9 @@ def ceiling_variant(workers: int, server_env: dict[str, str]) -> str:
         tokens = ["int8"]
     elif dtype in ("bfloat16", "bf16"):
         tokens = ["bf16"]
+    linear = (server_env.get("ONEDNN_LINEAR") or os.environ.get("ONEDNN_LINEAR") or "").lower()
+    if linear == "off":
+        tokens.append("aten")
     if workers > 1:
         tokens.append(f"w{workers}")
     return "+".join(tokens)
@@ -639,6 +650,12 @@ def server_parallelism(torch_threads: int | None, server_env: dict[str, str]) ->
     workers = env_int("INFERENCE_WORKERS") or default_workers("cpu")
     threads = torch_threads or env_int("TORCH_THREADS") or max(1, _cores() // workers)
     return workers, threads
+
+
+def lone_pass_threads(threads: int, server_env: dict[str, str]) -> int:
+    """Threads the app gives a pass that runs alone: ALONE_PASS_THREADS, else every core."""
+    raw = server_env.get("ALONE_PASS_THREADS") or os.environ.get("ALONE_PASS_THREADS") or "0"
+    return max(threads, int(raw) if raw.strip().isdigit() and int(raw) > 0 else _cores())
 
 
 def _cores() -> int:

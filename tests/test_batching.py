@@ -27,6 +27,7 @@ class Recorder:
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
         self.batches: list[int] = []
+        self.alone: list[bool] = []
         self.fault: Callable[[int], BaseException | None] = lambda rows: None
         self.gate = threading.Event()
         self.gate.set()
@@ -35,14 +36,15 @@ class Recorder:
         classifier = HFClassifier(settings)
         real_forward = classifier.forward
 
-        def forward(rows: Any, width: int) -> Any:
+        def forward(rows: Any, width: int, alone: bool = False) -> Any:
             self.gate.wait(30)
             self.batches.append(len(rows))
+            self.alone.append(alone)
             time.sleep(self.delay_s)
             fault = self.fault(len(rows))
             if fault is not None:
                 raise fault
-            return real_forward(rows, width)
+            return real_forward(rows, width, alone)
 
         classifier.forward = forward  # type: ignore[method-assign]
         return classifier
@@ -57,14 +59,18 @@ TEXTS = ["good", "bad film", "I love this movie", "the flight was terrible", "no
 
 async def test_concurrent_requests_share_forward_passes(start_app, settings_for) -> None:
     recorder = Recorder(delay_s=0.03)
-    api = await start_app(settings_for(), loader=recorder.loader)
+    api = await start_app(settings_for(inference_workers=2), loader=recorder.loader)
     alone = {t: (await _post(api.client, t)).json() for t in TEXTS}
+    # One at a time, each pass had the cores to itself.
+    assert recorder.alone[-len(TEXTS) :] == [True] * len(TEXTS)
     recorder.batches.clear()
+    recorder.alone.clear()
     texts = [TEXTS[i % len(TEXTS)] for i in range(40)]
     responses = await asyncio.gather(*(_post(api.client, t) for t in texts))
     assert all(r.status_code == 200 for r in responses)
     assert sum(recorder.batches) == 40
     assert max(recorder.batches) > 1 and len(recorder.batches) < 40
+    assert not all(recorder.alone)  # passes overlapped or left texts queued: cores shared
     for text, response in zip(texts, responses, strict=True):
         body = response.json()
         assert body["label"] == alone[text]["label"]
@@ -259,12 +265,14 @@ async def test_two_workers_run_two_forward_passes_at_once(start_app, settings_fo
     )
     forward = api.app.state.lifecycle.service.classifier.forward
 
-    def counting(rows: Any, width: int) -> Any:
+    def counting(rows: Any, width: int, alone: bool = False) -> Any:
         with lock:
             active["now"] += 1
             active["max"] = max(active["max"], active["now"])
+            if active["now"] > 1 and alone:
+                active["alone_while_another_ran"] = True
         try:
-            return forward(rows, width)
+            return forward(rows, width, alone)
         finally:
             with lock:
                 active["now"] -= 1
@@ -273,3 +281,4 @@ async def test_two_workers_run_two_forward_passes_at_once(start_app, settings_fo
     responses = await asyncio.gather(*(_post(api.client, t) for t in TEXTS * 4))
     assert all(r.status_code == 200 for r in responses)
     assert active["max"] == 2
+    assert "alone_while_another_ran" not in active  # overlapping passes share the cores

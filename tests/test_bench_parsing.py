@@ -255,13 +255,15 @@ def test_streams_variant_and_server_parallelism(monkeypatch: pytest.MonkeyPatch)
 def test_ceiling_variant_follows_server_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from bench.runner import ceiling_variant
 
-    for name in ("QUANTIZE", "DTYPE"):
+    for name in ("QUANTIZE", "DTYPE", "ONEDNN_LINEAR"):
         monkeypatch.delenv(name, raising=False)
     assert ceiling_variant(1, {}) == "fp32"
     assert ceiling_variant(2, {"QUANTIZE": "int8"}) == "int8+w2"
     assert ceiling_variant(1, {"DTYPE": "bfloat16"}) == "bf16"
-    for spec in ("fp32", "int8+w2", "bf16"):
+    assert ceiling_variant(2, {"ONEDNN_LINEAR": "off"}) == "fp32+aten+w2"
+    for spec in ("fp32", "int8+w2", "bf16", "fp32+aten+w2"):
         parse_variant(spec)  # every generated spec must parse
+    assert parse_variant("fp32").onednn and not parse_variant("aten").onednn
 
 
 def test_ceiling_measured_before_and_after_is_averaged() -> None:
@@ -300,5 +302,20 @@ def test_nginx_target_uses_the_direct_steps_around_it() -> None:
 def test_baseline_is_the_seeds_design() -> None:
     from bench.runner import BASELINE_ENV
 
-    # One text per pass, one pass at a time, with the model's own padded forward.
-    assert BASELINE_ENV == {"MAX_BATCH_SIZE": "1", "INFERENCE_WORKERS": "1", "UNPADDED": "off"}
+    # One text per pass, one pass at a time, the model's own padded forward, torch's kernels.
+    assert BASELINE_ENV == {
+        "MAX_BATCH_SIZE": "1",
+        "INFERENCE_WORKERS": "1",
+        "UNPADDED": "off",
+        "ONEDNN_LINEAR": "off",
+    }
+
+
+def test_lone_pass_threads_follow_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.runner import lone_pass_threads
+
+    monkeypatch.delenv("ALONE_PASS_THREADS", raising=False)
+    monkeypatch.setattr("bench.runner._cores", lambda: 4)
+    assert lone_pass_threads(1, {}) == 4
+    assert lone_pass_threads(1, {"ALONE_PASS_THREADS": "2"}) == 2
+    assert lone_pass_threads(3, {"ALONE_PASS_THREADS": "1"}) == 3  # never below TORCH_THREADS

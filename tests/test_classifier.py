@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from transformers import pipeline
 
-from app.classifier import HFClassifier, ModelLoadError, folder_digest
+from app.classifier import HFClassifier, ModelLoadError, cgroup_cpu_quota, folder_digest
 from tests.conftest import make_settings
 
 TEXTS = [
@@ -129,3 +130,53 @@ def test_wrapper_fallback_gives_the_same_ids(tiny_model: Path) -> None:
     fast = classifier.tokenize(texts, truncate=True)
     classifier._encoders = None
     assert classifier.tokenize(texts, truncate=True) == fast
+
+
+def test_a_pass_alone_uses_more_threads_in_its_own_thread_only(tiny_model: Path) -> None:
+    classifier = HFClassifier(
+        make_settings(tiny_model, torch_threads=1, inference_workers=2, alone_pass_threads=2)
+    )
+    encoded = classifier.tokenize(TEXTS, truncate=True)
+    rows, width = [e.ids for e in encoded], max(len(e.ids) for e in encoded)
+    seen: dict[str, Any] = {}
+    wide_done, narrow_done = threading.Event(), threading.Event()
+
+    def wide() -> None:
+        seen["wide"] = classifier.forward(rows, width, alone=True)
+        wide_done.set()
+        narrow_done.wait(30)  # the other thread's narrow pass must not shrink this one's count
+        seen["wide_threads"] = torch.get_num_threads()
+
+    def narrow() -> None:
+        wide_done.wait(30)
+        seen["narrow"] = classifier.forward(rows, width, alone=False)
+        seen["narrow_threads"] = torch.get_num_threads()
+        narrow_done.set()
+
+    threads = [threading.Thread(target=wide), threading.Thread(target=narrow)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert (seen["wide_threads"], seen["narrow_threads"]) == (2, 1)
+    np.testing.assert_allclose(seen["wide"], seen["narrow"], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("files", "cores"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 cores of time: two threads, not one
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 4),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_cgroup_cpu_quota_caps_the_core_count(
+    tmp_path: Path, files: dict[str, str], cores: int | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_quota(tmp_path) == cores

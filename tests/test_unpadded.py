@@ -52,7 +52,7 @@ def test_scores_equal_the_padded_forward(fixture: str, request: Any) -> None:
 
 def test_float_layers_project_query_key_value_in_one_pass(tiny_model: Path) -> None:
     unpadded = HFClassifier(make_settings(tiny_model))._unpadded
-    assert unpadded is not None and unpadded._qkv and all(unpadded._qkv)
+    assert unpadded is not None and len(unpadded.fused_qkv) == 2  # one per layer
 
 
 def test_other_architectures_keep_the_padded_forward() -> None:
@@ -66,7 +66,7 @@ def test_int8_model_runs_padding_free_too(tiny_model: Path) -> None:
     reference = HFClassifier(make_settings(tiny_model, quantize="int8", unpadded="off"))
     assert quantized.padding_free
     # int8 Linear layers keep their own kernels: no fused float copy of their weights.
-    assert quantized._unpadded is not None and not any(quantized._unpadded._qkv)
+    assert quantized._unpadded is not None and not quantized._unpadded.fused_qkv
     rows = _rows(5, seed=1)
     width = max(map(len, rows))
     np.testing.assert_allclose(
@@ -75,7 +75,7 @@ def test_int8_model_runs_padding_free_too(tiny_model: Path) -> None:
 
 
 class _NoModel:
-    def forward(self, rows: Any, width: int) -> Any:
+    def forward(self, rows: Any, width: int, alone: bool = False) -> Any:
         raise AssertionError("not called")
 
     def release_cached_memory(self) -> None:

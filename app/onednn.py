@@ -1,0 +1,99 @@
+"""oneDNN matrix multiplies for the float32 Linear layers of a model on the CPU.
+
+`nn.Linear` on the CPU runs MKL's sgemm. On this project's machines (AMD EPYC) oneDNN's
+kernel, on a weight reordered once at load, is 2-2.5x faster at a small encoder's shapes (a
+few to a few thousand rows x 384 -> 384/1152/1536, one or two threads; BENCHMARKS.md), and
+the Linear layers are about three quarters of a forward pass. torch exposes that kernel as the
+ops its compiler's CPU freezing pass emits (`mkldnn::_reorder_linear_weight`,
+`mkldnn::_linear_pointwise`). They are private, so a layer is swapped only after its output
+matched `nn.Linear`'s on a probe input, and a torch without them keeps `nn.Linear`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+logger = logging.getLogger(__name__)
+
+# Rows the weight layout is tuned for; any row count works (measured: 1-1024 rows within a
+# few percent of a layout tuned for that count).
+_LAYOUT_ROWS = 32
+
+
+def available() -> bool:
+    """Whether this torch build has the oneDNN ops (CPU builds with MKLDNN do)."""
+    if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
+        return False
+    ops = torch.ops.mkldnn
+    try:
+        return callable(ops._reorder_linear_weight) and callable(ops._linear_pointwise)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class PackedLinear(nn.Module):
+    """`nn.Linear` with its weight held in oneDNN's layout; same inputs, same outputs."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        with torch.no_grad():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(
+                linear.weight.detach(), _LAYOUT_ROWS
+            )
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
+            x, self.packed, self.bias, "none", [], ""
+        )
+        return out
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN"
+
+
+def _packable(module: nn.Module) -> bool:
+    return (
+        type(module) is nn.Linear
+        and module.weight.dtype == torch.float32
+        and module.weight.device.type == "cpu"
+    )
+
+
+def _matches(linear: nn.Linear, packed: PackedLinear) -> bool:
+    probe = torch.randn(3, linear.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = F.linear(probe, linear.weight, linear.bias)
+        got = packed(probe)
+    return bool(got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-4))
+
+
+def pack_linear_layers(root: nn.Module) -> int:
+    """Swap every float32 CPU `nn.Linear` under `root` for a `PackedLinear`, in place.
+
+    Returns how many were swapped; 0 when the ops are missing. A layer whose probe output
+    differs keeps `nn.Linear` (and a warning says so)."""
+    if not available():
+        return 0
+    swapped = 0
+    for parent in list(root.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Linear) or not _packable(child):
+                continue
+            try:
+                packed = PackedLinear(child)
+            except RuntimeError as exc:
+                logger.warning("oneDNN linear unavailable (%s); keeping nn.Linear", exc)
+                return swapped
+            if not _matches(child, packed):
+                logger.warning("oneDNN linear differs from nn.Linear at %s; kept nn.Linear", name)
+                continue
+            setattr(parent, name, packed)
+            swapped += 1
+    return swapped
