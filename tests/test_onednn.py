@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -82,3 +85,54 @@ def test_two_threads_share_the_packed_weights(tiny_model: Path) -> None:
     assert len(results) == 40
     for got in results:
         np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+_GROWTH_SCRIPT = """
+import app  # sets the cache bounds before torch loads, as the service does
+import torch
+from torch import nn
+from app.onednn import PackedLinear
+
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+layers = [PackedLinear(nn.Linear(384, n)) for n in (1152, 384, 1536)]
+with torch.inference_mode():
+    for rows in range(1, 129):
+        [layer(torch.randn(rows, 384)) for layer in layers]
+    start = rss_mib()
+    for rows in range(129, 1200, 3):  # a new row count every pass, as padding-free batches have
+        [layer(torch.randn(rows, 384)) for layer in layers]
+print(rss_mib() - start)
+"""
+
+
+def test_memory_stays_bounded_across_row_counts() -> None:
+    # Unbucketed, each row count cost ~1.5 MiB here: 357 counts grew the process ~500 MiB.
+    out = subprocess.run(
+        [sys.executable, "-c", _GROWTH_SCRIPT],
+        env={k: v for k, v in os.environ.items() if not k.endswith("CACHE_CAPACITY")},
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    growth_mib = float(out.stdout.strip().splitlines()[-1])
+    assert growth_mib < 100, growth_mib
+
+
+def test_row_counts_fall_into_few_buckets() -> None:
+    counts = {onednn.bucket_rows(rows) for rows in range(1, onednn.CHUNK_ROWS + 1)}
+    assert len(counts) == 16 and max(counts) == onednn.CHUNK_ROWS
+    for rows in range(1, 9000):
+        assert rows <= onednn.bucket_rows(rows) <= rows + max(7, rows // 8)
+
+
+@pytest.mark.parametrize("rows", [1, 9, 64, 65, 128, 129, 300])
+def test_rounded_and_chunked_rows_give_the_same_outputs(rows: int) -> None:
+    torch.manual_seed(rows)
+    linear = nn.Linear(24, 40)
+    x = torch.randn(rows, 24)
+    with torch.inference_mode():
+        torch.testing.assert_close(PackedLinear(linear)(x), linear(x), rtol=1e-5, atol=1e-5)
