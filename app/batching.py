@@ -93,6 +93,7 @@ class Batcher:
         self._last_rows = 0
         self._last_end = 0.0
         self._busy = 0  # inference threads between taking a batch and finishing it
+        self._primary_busy = False  # inference thread 0, the only one that runs passes alone
         self._rate = 0.0  # texts per second of model time, smoothed
 
     @property
@@ -106,7 +107,9 @@ class Batcher:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         for index in range(self._limits.workers):
-            thread = threading.Thread(target=self._serve, name=f"inference_{index}", daemon=True)
+            thread = threading.Thread(
+                target=self._serve, args=(index,), name=f"inference_{index}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
 
@@ -163,11 +166,11 @@ class Batcher:
 
     # ---- inference threads ---------------------------------------------------------------
 
-    def _serve(self) -> None:
+    def _serve(self, index: int) -> None:
         """One inference thread: take a batch, run it, hand the results to the event loop."""
         while True:
             try:
-                taken = self._take_batch()
+                taken = self._take_batch(index)
                 if taken is None:
                     return
                 batch, alone = taken
@@ -176,6 +179,8 @@ class Batcher:
                 finally:
                     with self._work:
                         self._busy -= 1
+                        if index == 0:
+                            self._primary_busy = False
                         self._last_rows = len(batch)
                         self._last_end = time.perf_counter()
                 self._deliver(outcome)
@@ -187,12 +192,15 @@ class Batcher:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the process is exiting
             self._loop.call_soon_threadsafe(self._finish, outcome)
 
-    def _take_batch(self) -> tuple[list[_Item], bool] | None:
+    def _take_batch(self, index: int) -> tuple[list[_Item], bool] | None:
         """Block until there is work, then plan from the oldest text and claim that batch.
 
-        Also says whether the pass runs alone: no other pass running and nothing left
-        queued, so the model may spread it over every core (a lone request on a quiet
-        server); otherwise the passes share the cores.
+        Thread 0 takes work whenever there is some; the others only while thread 0 is busy.
+        So a quiet server runs every pass on thread 0, which alone may spread a pass over
+        all cores: when no other pass runs and nothing is left queued (a lone request).
+        Only one thread ever runs such passes: OpenMP gives up spinning and sleeps at every
+        barrier as soon as its threads outnumber the cores, which made a lone pass on two
+        cores slower (11 ms) than on one (8 ms) when both inference threads ran them.
         """
         with self._work:
             waited = False
@@ -200,7 +208,7 @@ class Batcher:
                 if self._closed:
                     return None
                 self._pending = [item for item in self._pending if not item.future.done()]
-                if self._pending:
+                if self._pending and (index == 0 or self._primary_busy):
                     break
                 self._metrics.queue_depth.set(0)
                 self._work.wait()
@@ -212,8 +220,12 @@ class Batcher:
             chosen = set(map(id, batch))
             self._pending = [item for item in self._pending if id(item) not in chosen]
             self._metrics.queue_depth.set(len(self._pending))
-            alone = self._busy == 0 and not self._pending
+            alone = index == 0 and self._busy == 0 and not self._pending
             self._busy += 1
+            if index == 0:
+                self._primary_busy = True
+                if self._pending:  # what thread 0 left is for the others now
+                    self._work.notify_all()
             return batch, alone
 
     def _gather_more(self) -> None:

@@ -28,6 +28,7 @@ class Recorder:
         self.delay_s = delay_s
         self.batches: list[int] = []
         self.alone: list[bool] = []
+        self.thread_names: list[str] = []
         self.fault: Callable[[int], BaseException | None] = lambda rows: None
         self.gate = threading.Event()
         self.gate.set()
@@ -40,6 +41,7 @@ class Recorder:
             self.gate.wait(30)
             self.batches.append(len(rows))
             self.alone.append(alone)
+            self.thread_names.append(threading.current_thread().name)
             time.sleep(self.delay_s)
             fault = self.fault(len(rows))
             if fault is not None:
@@ -61,8 +63,9 @@ async def test_concurrent_requests_share_forward_passes(start_app, settings_for)
     recorder = Recorder(delay_s=0.03)
     api = await start_app(settings_for(inference_workers=2), loader=recorder.loader)
     alone = {t: (await _post(api.client, t)).json() for t in TEXTS}
-    # One at a time, each pass had the cores to itself.
+    # One at a time, each pass had the cores to itself, always on the same thread.
     assert recorder.alone[-len(TEXTS) :] == [True] * len(TEXTS)
+    assert set(recorder.thread_names[-len(TEXTS) :]) == {"inference_0"}
     recorder.batches.clear()
     recorder.alone.clear()
     texts = [TEXTS[i % len(TEXTS)] for i in range(40)]
