@@ -27,6 +27,9 @@ from app.unpadded import UnpaddedBert, supports
 
 logger = logging.getLogger(__name__)
 
+# Requests of up to this many texts are encoded one by one, holding the GIL (see _encode).
+_ONE_BY_ONE = 8
+
 _SANE_MAX_LENGTH = 100_000  # tokenizers without a limit report ~1e30
 
 
@@ -204,6 +207,10 @@ class HFClassifier:
     def _encode(self, texts: list[str], cut: bool) -> list[list[int]]:
         if self._encoders is not None:
             encoder = self._encoders[1 if cut else 0]
+            if len(texts) <= _ONE_BY_ONE:
+                # encode keeps the GIL; encode_batch lets it go, and getting it back from a
+                # busy inference thread took up to the 5 ms switch interval on the event loop.
+                return [encoder.encode(text, add_special_tokens=True).ids for text in texts]
             return [e.ids for e in encoder.encode_batch(texts, add_special_tokens=True)]
         with self._tokenizer_lock:  # the wrapper reconfigures itself on every call
             ids: list[list[int]] = self._tokenizer(

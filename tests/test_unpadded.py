@@ -91,9 +91,10 @@ def test_padding_free_batches_take_the_oldest_texts_up_to_the_limits() -> None:
     future: Any = None
     items = [_Item(ids=[1] * n, future=future) for n in (5, 40, 6, 7, 8)]
     # Lengths do not matter for the cost, so arrival order decides, up to 3 rows.
-    assert _batcher(3, 1000)._plan(items) == items[:3]
+    assert _batcher(3, 1000)._plan(items, 3) == items[:3]
+    assert _batcher(3, 1000)._plan(items, 2) == items[:2]  # a share for another thread
     # 3 rows x 40 tokens would pass 100: the token bound stops at 2 rows.
-    assert _batcher(3, 100)._plan(items) == items[:2]
+    assert _batcher(3, 100)._plan(items, 3) == items[:2]
     # A single text always fits, however long.
     huge = _Item(ids=[1] * 500, future=future)
-    assert _batcher(3, 100)._plan([huge, *items]) == [huge]
+    assert _batcher(3, 100)._plan([huge, *items], 3) == [huge]
