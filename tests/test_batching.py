@@ -285,3 +285,19 @@ async def test_two_workers_run_two_forward_passes_at_once(start_app, settings_fo
     assert all(r.status_code == 200 for r in responses)
     assert active["max"] == 2
     assert "alone_while_another_ran" not in active  # overlapping passes share the cores
+
+
+async def test_a_burst_on_an_idle_server_is_shared_between_the_threads(
+    start_app, settings_for
+) -> None:
+    recorder = Recorder(delay_s=0.05)
+    api = await start_app(settings_for(inference_workers=2), loader=recorder.loader)
+    await asyncio.sleep(0.1)  # idle: thread 0 takes work at once
+    recorder.batches.clear()
+    recorder.thread_names.clear()
+    response = await api.client.post("/predict", json={"texts": TEXTS[:4] * 2})
+    assert response.status_code == 200
+    # Half each, in parallel one-core passes, rather than all eight on thread 0.
+    assert sorted(recorder.batches) == [4, 4]
+    assert sorted(recorder.thread_names) == ["inference_0", "inference_1"]
+    assert recorder.alone[-2:] == [False, False]
