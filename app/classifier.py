@@ -124,8 +124,10 @@ class HFClassifier:
         threads = settings.torch_threads or max(1, cpu_count() // self.workers)
         torch.set_num_threads(threads)
         self.threads = threads
-        # A pass with the cores to itself (a lone request on a quiet server) may use them all.
-        self.alone_threads = max(threads, settings.alone_pass_threads or cpu_count())
+        # Opt-in: a pass with the cores to itself (a lone request on a quiet server) may use
+        # more threads. Off by default: it is faster only while no other process wants a
+        # core (BENCHMARKS.md: 6 vs 8.5 ms idle, but p99 160-440 ms with a one-core hog).
+        self.alone_threads = max(threads, settings.alone_pass_threads or threads)
         self._per_thread = threading.local()
         try:
             self._tokenizer: Any = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -35,7 +35,8 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="intra-op threads for a CPU pass that runs while no other pass does "
-        "(a lone request on a quiet server); 0 = all CPU cores; never below TORCH_THREADS",
+        "(a lone request on a quiet server); 0 = TORCH_THREADS. More is faster only on cores "
+        "no other process uses",
     )
     inference_workers: int = Field(
         0,

@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--lone-threads",
         type=int,
-        help="threads of the batch-1 mode (the app's ALONE_PASS_THREADS); default all cores",
+        help="threads of the batch-1 mode (the bench passes the app's ALONE_PASS_THREADS); "
+        "default all cores",
     )
     model.add_argument("--seconds", type=float, default=5.0, help="timed seconds per mode")
     model.add_argument("--warmup-s", type=float, default=1.0)

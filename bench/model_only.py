@@ -141,7 +141,7 @@ class ModelRunner:
         self.torch = torch
         self.variant = variant
         self.threads = variant.threads or threads
-        # Batch 1 is a lone request: the app gives such a pass ALONE_PASS_THREADS (all cores).
+        # Batch 1 is a lone request: the app gives such a pass ALONE_PASS_THREADS threads.
         self.lone_threads = max(self.threads, variant.threads or lone_threads or cpu_cores())
         torch.set_num_threads(self.threads)
         # One tokenizer per stream: a fast tokenizer shared across threads raises

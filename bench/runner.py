@@ -653,9 +653,9 @@ def server_parallelism(torch_threads: int | None, server_env: dict[str, str]) ->
 
 
 def lone_pass_threads(threads: int, server_env: dict[str, str]) -> int:
-    """Threads the app gives a pass that runs alone: ALONE_PASS_THREADS, else every core."""
+    """Threads the app gives a pass that runs alone: ALONE_PASS_THREADS, else TORCH_THREADS."""
     raw = server_env.get("ALONE_PASS_THREADS") or os.environ.get("ALONE_PASS_THREADS") or "0"
-    return max(threads, int(raw) if raw.strip().isdigit() and int(raw) > 0 else _cores())
+    return max(threads, int(raw) if raw.strip().isdigit() else 0)
 
 
 def _cores() -> int:

@@ -316,6 +316,6 @@ def test_lone_pass_threads_follow_the_app(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.delenv("ALONE_PASS_THREADS", raising=False)
     monkeypatch.setattr("bench.runner._cores", lambda: 4)
-    assert lone_pass_threads(1, {}) == 4
+    assert lone_pass_threads(1, {}) == 1  # off by default: a lone pass uses TORCH_THREADS
     assert lone_pass_threads(1, {"ALONE_PASS_THREADS": "2"}) == 2
     assert lone_pass_threads(3, {"ALONE_PASS_THREADS": "1"}) == 3  # never below TORCH_THREADS
