@@ -166,6 +166,8 @@ class ModelRunner:
                 model = quantize_dynamic(  # type: ignore[no-untyped-call]
                     model, {torch.nn.Linear}, dtype=torch.qint8
                 )
+        # Counted before the oneDNN swap, whose packed weights are not parameters.
+        self.parameters = sum(int(p.numel()) for p in model.parameters())
         self.onednn_layers = 0
         if variant.onednn and not variant.int8 and variant.dtype == "float32":
             from app.onednn import pack_linear_layers
@@ -281,7 +283,7 @@ def measure_mode(
 
 
 def _describe_runner(runner: ModelRunner, load_s: float, lengths: Sequence[int]) -> dict[str, Any]:
-    n_params = sum(int(p.numel()) for p in runner.model.parameters())
+    n_params = runner.parameters
     cfg = runner.model.config
     return {
         "variant": runner.variant.spec,
