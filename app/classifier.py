@@ -60,6 +60,8 @@ class ModelInfo:
     device: str
     dtype: str
     parameters: int
+    # Linear layers running oneDNN's kernel (app/onednn.py); 0 = torch's own everywhere.
+    onednn_linear_layers: int = 0
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -177,6 +179,7 @@ class HFClassifier:
             dtype=str(self.dtype).removeprefix("torch.")
             + ("+int8" if settings.quantize == "int8" else ""),
             parameters=parameters,
+            onednn_linear_layers=self.onednn_layers,
         )
 
     def _max_length(self, requested: int | None) -> int:

@@ -181,6 +181,9 @@ class ModelInfoResponse(BaseModel):
     device: str
     dtype: str
     parameters: int
+    onednn_linear_layers: int = Field(
+        description="Linear layers on oneDNN's CPU kernel (ONEDNN_LINEAR); 0 = torch's own"
+    )
     multi_label_threshold: float
     batching: BatchingInfo
 
