@@ -63,6 +63,16 @@ def test_a_layer_that_does_not_match_keeps_nn_linear(monkeypatch: pytest.MonkeyP
     assert type(model[0]) is nn.Linear and type(model[2]) is PackedLinear
 
 
+def test_ops_that_fail_leave_nn_linear_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = nn.Sequential(nn.Linear(8, 2))
+
+    def broken(*args: Any) -> Any:
+        raise NotImplementedError("no kernel for this CPU")
+
+    monkeypatch.setattr(onednn, "_matches", broken)
+    assert pack_linear_layers(model) == 0 and type(model[0]) is nn.Linear
+
+
 def test_without_the_ops_nothing_is_swapped(monkeypatch: pytest.MonkeyPatch) -> None:
     model = nn.Sequential(nn.Linear(8, 2))
     monkeypatch.setattr(onednn, "available", lambda: False)
