@@ -153,6 +153,14 @@ class HFClassifier:
             self.onednn_layers = pack_linear_layers(self._model)
             if self._unpadded is not None:
                 self.onednn_layers += pack_linear_layers(self._unpadded.fused_qkv)
+        self.scripted = False
+        if self._unpadded is not None and settings.scripted == "auto":
+            try:
+                self.scripted = self._unpadded.script()
+            except Exception:  # an unscriptable model keeps the eager forward
+                logger.warning(
+                    "TorchScript compilation failed; the forward runs eagerly", exc_info=True
+                )
         config = self._model.config
         id2label = {int(k): str(v) for k, v in config.id2label.items()}
         self.labels = [id2label.get(i, f"LABEL_{i}") for i in range(config.num_labels)]

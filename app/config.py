@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         description="auto: float32 Linear layers on the CPU run oneDNN's kernel on weights "
         "reordered at load (same scores, faster); off: torch's default (MKL)",
     )
+    scripted: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: the padding-free forward runs as one TorchScript graph, which "
+        "lets go of the GIL for the whole pass (same scores); off: eager PyTorch",
+    )
     max_length: int | None = Field(
         None, gt=1, description="token limit per text; default the model's own limit"
     )

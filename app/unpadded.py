@@ -14,9 +14,11 @@ architecture); anything else runs the stock padded forward.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -55,9 +57,24 @@ class UnpaddedBert:
         self.fused_qkv = nn.ModuleList(
             [f for f in fused if f is not None] if all(f is not None for f in fused) else []
         )
+        # The encoder layers compiled with TorchScript (app/scripted.py), once the Linear
+        # layers have their final kernels: `script()`.
+        self.scripted: Any = None
+
+    def script(self) -> bool:
+        """Run the encoder layers as one TorchScript call from now on, when supported."""
+        from app.scripted import script_forward, supports_scripting
+
+        if not supports_scripting(self._model, self.fused_qkv):
+            return False
+        self.scripted = script_forward(self._model, self.fused_qkv)
+        return True
 
     def logits(self, rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
         """Logits (batch x labels) for token-id rows of any lengths (each at least 1)."""
+        if self.scripted is not None:
+            logits: torch.Tensor = self.scripted(*_layout(rows))
+            return logits
         lengths = [len(row) for row in rows]
         batch, width = len(rows), max(lengths)
         flat = [token for row in rows for token in row]
@@ -89,8 +106,8 @@ class UnpaddedBert:
             hidden = self._layer(layer, qkv, hidden, slots, key_mask, batch, width)
         first = hidden.index_select(0, starts)
         pooled = self._bert.pooler.activation(self._bert.pooler.dense(first))
-        logits: torch.Tensor = self._model.classifier(pooled)
-        return logits
+        out: torch.Tensor = self._model.classifier(pooled)
+        return out
 
     def _layer(
         self,
@@ -135,6 +152,40 @@ class UnpaddedBert:
     def _heads_view(self, grid: torch.Tensor, batch: int, width: int) -> torch.Tensor:
         """(batch*width x hidden) -> (batch x heads x width x head_dim)."""
         return grid.view(batch, width, self._heads, self._head_dim).transpose(1, 2)
+
+
+def _layout(
+    rows: Sequence[Sequence[int]],
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, int, int
+]:
+    """The scripted forward's inputs (CPU), built with numpy: a torch call per index tensor
+    would take the GIL back once each, which is what the scripted forward avoids.
+
+    ids and positions of the concatenated tokens, each text's first token, and, unless all
+    texts have one length, each token's slot in the padded (batch x width) layout and the
+    key mask."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    batch, width, total = len(rows), int(lengths.max()), int(lengths.sum())
+    ids = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=total)
+    starts = np.cumsum(lengths) - lengths
+    positions = np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
+    slots = key_mask = None
+    if int(lengths.min()) < width:
+        slot_array = np.repeat(np.arange(batch, dtype=np.int64), lengths) * width + positions
+        mask = np.zeros(batch * width, dtype=np.bool_)
+        mask[slot_array] = True
+        slots = torch.from_numpy(slot_array)
+        key_mask = torch.from_numpy(mask.reshape(batch, 1, 1, width))
+    return (
+        torch.from_numpy(ids),
+        torch.from_numpy(positions),
+        torch.from_numpy(starts),
+        slots,
+        key_mask,
+        batch,
+        width,
+    )
 
 
 def _fused_qkv(self_attention: Any) -> nn.Linear | None:

@@ -98,3 +98,23 @@ def test_padding_free_batches_take_the_oldest_texts_up_to_the_limits() -> None:
     # A single text always fits, however long.
     huge = _Item(ids=[1] * 500, future=future)
     assert _batcher(3, 100)._plan([huge, *items], 3) == [huge]
+
+
+@pytest.mark.parametrize("onednn_linear", ["auto", "off"])
+def test_the_scripted_forward_equals_the_eager_one(tiny_model: Path, onednn_linear: str) -> None:
+    scripted = HFClassifier(make_settings(tiny_model, onednn_linear=onednn_linear))
+    eager = HFClassifier(make_settings(tiny_model, onednn_linear=onednn_linear, scripted="off"))
+    assert scripted.scripted and not eager.scripted
+    assert eager._unpadded is not None and eager._unpadded.scripted is None
+    # Mixed lengths (scatter and mask), one length (neither), a lone text, and more rows
+    # than one oneDNN chunk.
+    same = [row[:9] for row in _rows(60, seed=5) if len(row) >= 9][:6]
+    for rows in (_rows(7, seed=1), same, _rows(1, seed=2), _rows(40, seed=3)):
+        width = max(map(len, rows))
+        np.testing.assert_allclose(
+            scripted.forward(rows, width), eager.forward(rows, width), atol=1e-5
+        )
+
+
+def test_int8_layers_stay_eager(tiny_model: Path) -> None:
+    assert not HFClassifier(make_settings(tiny_model, quantize="int8")).scripted

@@ -1,0 +1,161 @@
+"""The padding-free encoder layers compiled with TorchScript, so a pass runs without the GIL.
+
+Run eagerly, every operation of a pass goes back to Python and must take the GIL, which the
+event loop holds while it handles HTTP: at concurrency 32 the inference threads waited for it
+about a fifth of the time (BENCHMARKS.md). A TorchScript call releases the GIL for the whole
+graph. The layers here are the same computation as `app/unpadded.py` (same weights, same
+oneDNN kernels) plus the embeddings, pooler and head; the index tensors are built with numpy.
+
+`torch.jit.script` is deprecated in torch 2.13 in favour of `torch.compile` / `torch.export`,
+which need a C++ compiler at run time (compile) or an ahead-of-time build step (AOTInductor);
+torch is pinned here, and a failed compilation falls back to the eager forward.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from app.onednn import CHUNK_ROWS, PackedLinear, bucket_rows
+
+
+class _Linear(nn.Module):
+    """A Linear layer: oneDNN on a packed weight (as PackedLinear does), or torch's own."""
+
+    def __init__(self, layer: Any) -> None:
+        super().__init__()
+        self.onednn = isinstance(layer, PackedLinear)
+        self.weight: Tensor = layer.packed if isinstance(layer, PackedLinear) else layer.weight
+        bias = layer.bias
+        self.has_bias = bias is not None
+        self.bias: Tensor = bias if bias is not None else torch.zeros(0)
+        self.chunk = CHUNK_ROWS
+
+    def _one(self, x: Tensor) -> Tensor:
+        rows = x.size(0)
+        padded = bucket_rows(rows)
+        if padded != rows:
+            x = F.pad(x, [0, 0, 0, padded - rows])
+        out: Tensor = torch.ops.mkldnn._linear_pointwise(
+            x, self.weight, self.bias if self.has_bias else None, "none", [], ""
+        )
+        return out[:rows] if padded != rows else out
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.onednn:
+            return F.linear(x, self.weight, self.bias if self.has_bias else None)
+        if x.size(0) <= self.chunk:
+            return self._one(x)
+        return torch.cat([self._one(part) for part in torch.split(x, self.chunk)])
+
+
+class _Layer(nn.Module):
+    def __init__(self, layer: Any, qkv: nn.Module, heads: int, eps: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.eps = eps
+        self.qkv = _Linear(qkv)
+        self.out = _Linear(layer.attention.output.dense)
+        self.ln1_w: Tensor = layer.attention.output.LayerNorm.weight.detach()
+        self.ln1_b: Tensor = layer.attention.output.LayerNorm.bias.detach()
+        self.up = _Linear(layer.intermediate.dense)
+        self.down = _Linear(layer.output.dense)
+        self.ln2_w: Tensor = layer.output.LayerNorm.weight.detach()
+        self.ln2_b: Tensor = layer.output.LayerNorm.bias.detach()
+
+    def forward(
+        self, hidden: Tensor, slots: Tensor | None, key_mask: Tensor | None, batch: int, width: int
+    ) -> Tensor:
+        size = hidden.size(1)
+        tokens = self.qkv(hidden)
+        if slots is not None:
+            grid = tokens.new_zeros(batch * width, tokens.size(1))
+            grid.index_copy_(0, slots, tokens)
+            tokens = grid
+        parts = tokens.view(batch, width, 3, self.heads, size // self.heads).permute(2, 0, 3, 1, 4)
+        context = F.scaled_dot_product_attention(parts[0], parts[1], parts[2], attn_mask=key_mask)
+        context = context.transpose(1, 2).reshape(batch * width, size)
+        if slots is not None:
+            context = context.index_select(0, slots)
+        attended = F.layer_norm(
+            self.out(context) + hidden, [size], self.ln1_w, self.ln1_b, self.eps
+        )
+        inner = F.gelu(self.up(attended))
+        return F.layer_norm(self.down(inner) + attended, [size], self.ln2_w, self.ln2_b, self.eps)
+
+
+class _Forward(nn.Module):
+    """Embeddings, encoder layers, pooler and head: `UnpaddedBert.logits` in one graph."""
+
+    def __init__(self, model: Any, layers: list[_Layer]) -> None:
+        super().__init__()
+        bert = model.bert
+        emb = bert.embeddings
+        self.word: Tensor = emb.word_embeddings.weight.detach()
+        self.position: Tensor = emb.position_embeddings.weight.detach()
+        self.token_type: Tensor = emb.token_type_embeddings.weight.detach()[0]
+        self.ln_w: Tensor = emb.LayerNorm.weight.detach()
+        self.ln_b: Tensor = emb.LayerNorm.bias.detach()
+        self.eps = float(emb.LayerNorm.eps)
+        self.layers = nn.ModuleList(layers)
+        self.pooler = _Linear(bert.pooler.dense)
+        self.head = _Linear(model.classifier)
+
+    def forward(
+        self,
+        ids: Tensor,
+        positions: Tensor,
+        starts: Tensor,
+        slots: Tensor | None,
+        key_mask: Tensor | None,
+        batch: int,
+        width: int,
+    ) -> Tensor:
+        hidden = (
+            F.embedding(ids, self.word) + self.token_type + F.embedding(positions, self.position)
+        )
+        hidden = F.layer_norm(hidden, [hidden.size(1)], self.ln_w, self.ln_b, self.eps)
+        for layer in self.layers:
+            hidden = layer(hidden, slots, key_mask, batch, width)
+        pooled = torch.tanh(self.pooler(hidden.index_select(0, starts)))
+        logits: Tensor = self.head(pooled)
+        return logits
+
+
+def _linear_like(module: Any) -> bool:
+    return isinstance(module, PackedLinear) or type(module) is nn.Linear
+
+
+def supports_scripting(model: Any, fused_qkv: nn.ModuleList) -> bool:
+    """Float Linear layers with fused projections, BERT's exact GELU and a plain head."""
+    config = model.config
+    layers = model.bert.encoder.layer
+    return (
+        len(fused_qkv) == len(layers)
+        and getattr(config, "hidden_act", None) == "gelu"
+        and all(_linear_like(m) for m in fused_qkv)
+        and all(
+            _linear_like(layer.attention.output.dense)
+            and _linear_like(layer.intermediate.dense)
+            and _linear_like(layer.output.dense)
+            for layer in layers
+        )
+        and _linear_like(model.bert.pooler.dense)
+        and _linear_like(model.classifier)
+    )
+
+
+def script_forward(model: Any, fused_qkv: nn.ModuleList) -> torch.jit.ScriptModule:
+    config = model.config
+    layers = [
+        _Layer(layer, qkv, int(config.num_attention_heads), float(config.layer_norm_eps))
+        for layer, qkv in zip(model.bert.encoder.layer, fused_qkv, strict=True)
+    ]
+    with warnings.catch_warnings():  # deprecated in favour of torch.compile/export: see above
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted: torch.jit.ScriptModule = torch.jit.script(_Forward(model, layers).eval())
+    return scripted
