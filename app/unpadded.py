@@ -71,29 +71,16 @@ class UnpaddedBert:
         return True
 
     def logits(self, rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
-        """Logits (batch x labels) for token-id rows of any lengths (each at least 1)."""
-        if self.scripted is not None:
-            logits: torch.Tensor = self.scripted(*_layout(rows))
-            return logits
-        lengths = [len(row) for row in rows]
-        batch, width = len(rows), max(lengths)
-        flat = [token for row in rows for token in row]
-        ids = torch.tensor(flat, dtype=torch.long, device=device)
-        positions = torch.cat([torch.arange(n) for n in lengths]).to(device)
-        # Where each text's first token ([CLS]) sits in the concatenation.
-        starts = torch.tensor([0, *lengths[:-1]]).cumsum(0).to(device)
-        slots: torch.Tensor | None = None
-        key_mask: torch.Tensor | None = None
-        if min(lengths) < width:
-            # Row b, position p of the padded (batch x width) layout, for each real token.
-            slots = torch.arange(batch).repeat_interleave(torch.tensor(lengths)).to(device)
-            slots = slots * width + positions
-            key_mask = torch.zeros(batch * width, dtype=torch.bool, device=device)
-            key_mask[slots] = True
-            key_mask = key_mask.view(batch, 1, 1, width)
-        # else: a lone text, or texts of one length: the concatenation already is the
-        # (batch x width) layout, with no scatter and no mask.
+        """Logits (batch x labels) for token-id rows of any lengths (each at least 1).
 
+        The CPU only (the classifier builds this class for CPU devices alone)."""
+        layout = _layout(rows)
+        if self.scripted is not None:
+            logits: torch.Tensor = self.scripted(*layout)
+            return logits
+        ids, positions, starts, slots, key_mask, batch, width = layout
+        # Without slots (a lone text, or texts of one length) the concatenation already is the
+        # (batch x width) layout: no scatter and no mask.
         emb = self._bert.embeddings
         hidden = (
             emb.word_embeddings(ids)
