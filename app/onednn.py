@@ -41,7 +41,9 @@ def available() -> bool:
 
 
 class PackedLinear(nn.Module):
-    """`nn.Linear` with its weight held in oneDNN's layout; same inputs, same outputs."""
+    """`nn.Linear` with its weight held in oneDNN's layout; same inputs, same outputs.
+
+    Written so that TorchScript compiles it too (app/scripted.py)."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -52,21 +54,23 @@ class PackedLinear(nn.Module):
                 linear.weight.detach(), _LAYOUT_ROWS
             )
         self.bias = None if linear.bias is None else linear.bias.detach()
+        self.chunk_rows = CHUNK_ROWS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // self.in_features if x.dim() > 1 else 1
-        flat = x.reshape(rows, self.in_features)
-        if rows <= CHUNK_ROWS:
+        flat = x.reshape(-1, self.in_features)
+        if flat.size(0) <= self.chunk_rows:
             out = self._bucketed(flat)
         else:
-            out = torch.cat([self._bucketed(part) for part in torch.split(flat, CHUNK_ROWS)])
-        return out.reshape(*x.shape[:-1], self.out_features)
+            out = torch.cat([self._bucketed(part) for part in torch.split(flat, self.chunk_rows)])
+        shape = list(x.shape[:-1])  # built step by step: TorchScript has no [*a, b]
+        shape.append(self.out_features)
+        return out.reshape(shape)
 
     def _bucketed(self, flat: torch.Tensor) -> torch.Tensor:
-        rows = flat.shape[0]
+        rows = flat.size(0)
         padded = bucket_rows(rows)
         if padded != rows:
-            flat = F.pad(flat, (0, 0, 0, padded - rows))
+            flat = F.pad(flat, [0, 0, 0, padded - rows])
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
             flat, self.packed, self.bias, "none", [], ""
         )
@@ -81,8 +85,8 @@ def bucket_rows(rows: int) -> int:
     per doubling (at most 1/8 extra rows, 1/20 on average).
 
     A padding-free batch has a new row count almost every pass; unrounded, most passes
-    rebuilt their kernels (a lone text's pass took 7.5 ms instead of 4.5 ms). Written so that
-    TorchScript compiles it too (app/scripted.py)."""
+    rebuilt their kernels (a lone text's pass took 7.5 ms instead of 4.5 ms). TorchScript
+    compiles it as part of PackedLinear."""
     if rows <= 64:
         return max(8, (rows + 7) // 8 * 8)
     half = 64  # the largest power of two below rows

@@ -20,37 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from app.onednn import CHUNK_ROWS, PackedLinear, bucket_rows
-
-
-class _Linear(nn.Module):
-    """A Linear layer: oneDNN on a packed weight (as PackedLinear does), or torch's own."""
-
-    def __init__(self, layer: Any) -> None:
-        super().__init__()
-        self.onednn = isinstance(layer, PackedLinear)
-        self.weight: Tensor = layer.packed if isinstance(layer, PackedLinear) else layer.weight
-        bias = layer.bias
-        self.has_bias = bias is not None
-        self.bias: Tensor = bias if bias is not None else torch.zeros(0)
-        self.chunk = CHUNK_ROWS
-
-    def _one(self, x: Tensor) -> Tensor:
-        rows = x.size(0)
-        padded = bucket_rows(rows)
-        if padded != rows:
-            x = F.pad(x, [0, 0, 0, padded - rows])
-        out: Tensor = torch.ops.mkldnn._linear_pointwise(
-            x, self.weight, self.bias if self.has_bias else None, "none", [], ""
-        )
-        return out[:rows] if padded != rows else out
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.onednn:
-            return F.linear(x, self.weight, self.bias if self.has_bias else None)
-        if x.size(0) <= self.chunk:
-            return self._one(x)
-        return torch.cat([self._one(part) for part in torch.split(x, self.chunk)])
+from app.onednn import PackedLinear
 
 
 class _Layer(nn.Module):
@@ -58,12 +28,13 @@ class _Layer(nn.Module):
         super().__init__()
         self.heads = heads
         self.eps = eps
-        self.qkv = _Linear(qkv)
-        self.out = _Linear(layer.attention.output.dense)
+        # PackedLinear or nn.Linear modules, both of which TorchScript compiles.
+        self.qkv = qkv
+        self.out = layer.attention.output.dense
         self.ln1_w: Tensor = layer.attention.output.LayerNorm.weight.detach()
         self.ln1_b: Tensor = layer.attention.output.LayerNorm.bias.detach()
-        self.up = _Linear(layer.intermediate.dense)
-        self.down = _Linear(layer.output.dense)
+        self.up = layer.intermediate.dense
+        self.down = layer.output.dense
         self.ln2_w: Tensor = layer.output.LayerNorm.weight.detach()
         self.ln2_b: Tensor = layer.output.LayerNorm.bias.detach()
 
@@ -102,8 +73,8 @@ class _Forward(nn.Module):
         self.ln_b: Tensor = emb.LayerNorm.bias.detach()
         self.eps = float(emb.LayerNorm.eps)
         self.layers = nn.ModuleList(layers)
-        self.pooler = _Linear(bert.pooler.dense)
-        self.head = _Linear(model.classifier)
+        self.pooler = bert.pooler.dense
+        self.head = model.classifier
 
     def forward(
         self,
