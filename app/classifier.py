@@ -279,7 +279,7 @@ class HFClassifier:
             self._use_threads(self.alone_threads if alone else self.threads)
         if self._unpadded is not None:
             with torch.inference_mode():
-                logits = self._unpadded.logits(rows, self.device)
+                logits = self._unpadded.logits(rows)
             return activate(logits.float().numpy(), self.activation)
         ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)

@@ -70,7 +70,7 @@ class UnpaddedBert:
         self.scripted = script_forward(self._model, self.fused_qkv)
         return True
 
-    def logits(self, rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+    def logits(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
         """Logits (batch x labels) for token-id rows of any lengths (each at least 1).
 
         The CPU only (the classifier builds this class for CPU devices alone)."""
@@ -146,8 +146,8 @@ def _layout(
 ) -> tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, int, int
 ]:
-    """The scripted forward's inputs (CPU), built with numpy: a torch call per index tensor
-    would take the GIL back once each, which is what the scripted forward avoids.
+    """The forward's inputs (CPU), built with numpy: a torch call per index tensor would
+    take the GIL back once each, which is what the scripted forward avoids.
 
     ids and positions of the concatenated tokens, each text's first token, and, unless all
     texts have one length, each token's slot in the padded (batch x width) layout and the
