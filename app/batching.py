@@ -158,6 +158,8 @@ class Batcher:
             self._work.notify_all()
         self._metrics.queue_depth.set(depth)
         try:
+            if len(items) == 1:  # most requests: no gather and the task it would create
+                return [await items[0].future]
             return list(await asyncio.gather(*(item.future for item in items)))
         finally:
             for item in items:

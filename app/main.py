@@ -17,7 +17,7 @@ from app.errors import install_error_handlers
 from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, InFlightMiddleware, RequestContextMiddleware
-from app.routes import router
+from app.routes import router, serve_predict_directly
 from app.schemas import PredictRequest
 from app.startup import ClassifierLoader, build_service, in_daemon_thread, prepare
 
@@ -104,6 +104,7 @@ def create_app(
     app.state.lifecycle = Lifecycle(on_fatal=on_fatal)
     app.state.loader = loader
     app.include_router(router)
+    serve_predict_directly(app)
     _document_limits(app, settings)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
