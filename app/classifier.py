@@ -150,7 +150,9 @@ class HFClassifier:
         parameters = sum(p.numel() for p in self._model.parameters())
         self.onednn_layers = 0
         if settings.onednn_linear == "auto" and self.device.type == "cpu":
-            self.onednn_layers = pack_linear_layers(self._model)
+            # The padding-free path calls its fused projections, never the separate ones.
+            unused = self._unpadded.replaced_projections() if self._unpadded is not None else []
+            self.onednn_layers = pack_linear_layers(self._model, skip=unused)
             if self._unpadded is not None:
                 self.onednn_layers += pack_linear_layers(self._unpadded.fused_qkv)
         self.scripted = False

@@ -12,6 +12,7 @@ matched `nn.Linear`'s on a probe input, and a torch without them keeps `nn.Linea
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 import torch
 from torch import nn
@@ -112,17 +113,19 @@ def _matches(linear: nn.Linear, packed: PackedLinear) -> bool:
     return bool(got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-4))
 
 
-def pack_linear_layers(root: nn.Module) -> int:
+def pack_linear_layers(root: nn.Module, skip: Collection[nn.Module] = ()) -> int:
     """Swap every float32 CPU `nn.Linear` under `root` for a `PackedLinear`, in place.
 
+    `skip`: layers that never run (a packed copy would only cost memory and a probe).
     Returns how many were swapped; 0 when the ops are missing. A layer whose probe output
     differs keeps `nn.Linear` (and a warning says so)."""
     if not available():
         return 0
+    skipped = {id(module) for module in skip}
     swapped = 0
     for parent in list(root.modules()):
         for name, child in list(parent.named_children()):
-            if not isinstance(child, nn.Linear) or not _packable(child):
+            if not isinstance(child, nn.Linear) or not _packable(child) or id(child) in skipped:
                 continue
             try:
                 packed = PackedLinear(child)

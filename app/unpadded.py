@@ -61,6 +61,21 @@ class UnpaddedBert:
         # layers have their final kernels: `script()`.
         self.scripted: Any = None
 
+    def replaced_projections(self) -> list[nn.Module]:
+        """The separate query, key and value layers the fused projections stand in for:
+        this class never calls them."""
+        if not self.fused_qkv:
+            return []
+        return [
+            projection
+            for layer in self._bert.encoder.layer
+            for projection in (
+                layer.attention.self.query,
+                layer.attention.self.key,
+                layer.attention.self.value,
+            )
+        ]
+
     def script(self) -> bool:
         """Run the encoder layers as one TorchScript call from now on, when supported."""
         from app.scripted import script_forward, supports_scripting
