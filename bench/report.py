@@ -28,6 +28,22 @@ def _statuses(step: dict[str, Any]) -> str:
     return ", ".join(parts) if parts else "none"
 
 
+def _row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _rate_and_latency_cells(st: dict[str, Any]) -> list[str]:
+    lat = st["latency_ms"]
+    return [
+        _fmt(st["ok_requests_per_s"]),
+        _fmt(st["sentences_per_s"]),
+        _pct(st.get("fraction_of_ceiling")),
+        _fmt(lat["p50"]),
+        _fmt(lat["p90"]),
+        _fmt(lat["p99"]),
+    ]
+
+
 def _batch_cells(step: dict[str, Any]) -> list[str]:
     sm = step.get("server_metrics")
     if not sm or sm["batch_size"]["count"] == 0:
@@ -182,24 +198,14 @@ def markdown(result: dict[str, Any], targets: Sequence[TargetResult]) -> str:
             )
             add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
             for st in steps:
-                lat = st["latency_ms"]
                 add(
-                    "| "
-                    + " | ".join(
-                        [
-                            str(st["concurrency"]),
-                            _fmt(st["ok_requests_per_s"]),
-                            _fmt(st["sentences_per_s"]),
-                            _pct(st.get("fraction_of_ceiling")),
-                            _fmt(lat["p50"]),
-                            _fmt(lat["p90"]),
-                            _fmt(lat["p99"]),
-                            _statuses(st),
-                            *_batch_cells(st),
-                            *_server_cells(st),
-                        ]
+                    _row(
+                        str(st["concurrency"]),
+                        *_rate_and_latency_cells(st),
+                        _statuses(st),
+                        *_batch_cells(st),
+                        *_server_cells(st),
                     )
-                    + " |"
                 )
         else:
             add(
@@ -211,25 +217,15 @@ def markdown(result: dict[str, Any], targets: Sequence[TargetResult]) -> str:
             )
             add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
             for st in steps:
-                lat = st["latency_ms"]
                 add(
-                    "| "
-                    + " | ".join(
-                        [
-                            _fmt(st["offered_rate"]),
-                            _fmt(st["ok_requests_per_s"]),
-                            _fmt(st["sentences_per_s"]),
-                            _pct(st.get("fraction_of_ceiling")),
-                            _fmt(lat["p50"]),
-                            _fmt(lat["p90"]),
-                            _fmt(lat["p99"]),
-                            str(st["unanswered_at_end"]),
-                            _statuses(st),
-                            *_batch_cells(st),
-                            *_server_cells(st),
-                        ]
+                    _row(
+                        _fmt(st["offered_rate"]),
+                        *_rate_and_latency_cells(st),
+                        str(st["unanswered_at_end"]),
+                        _statuses(st),
+                        *_batch_cells(st),
+                        *_server_cells(st),
                     )
-                    + " |"
                 )
         add("")
         dist = _c32_distribution(steps)
