@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-baseline", action="store_true", help="skip the MAX_BATCH_SIZE=1 run")
     run.add_argument("--no-ceiling", action="store_true", help="skip the model-only ceiling")
+    run.add_argument(
+        "--paired-rounds",
+        type=int,
+        help="model-only / c=32 pairs for the ceiling target (default 3, quick 1; 0: none)",
+    )
     run.add_argument("--torch-threads", type=int, help="TORCH_THREADS for server and ceiling")
     run.add_argument(
         "--server-env",
@@ -233,6 +238,9 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         open_rates=[r for r in args.open_rates.split(",") if r.strip()],
         baseline=not args.no_baseline,
         ceiling=not args.no_ceiling,
+        paired_rounds=(
+            args.paired_rounds if args.paired_rounds is not None else (1 if quick else 3)
+        ),
         torch_threads=args.torch_threads,
         server_env=_env_pairs(args.server_env),
         items_per_request=args.items_per_request,

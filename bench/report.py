@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.targets import TargetResult, ceiling_mode, evaluate
+from bench.targets import TARGET_CONCURRENCY, TargetResult, ceiling_mode, evaluate
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -179,6 +179,28 @@ def markdown(result: dict[str, Any], targets: Sequence[TargetResult]) -> str:
             add(
                 f"| {name} | {_fmt(cs['to_listening_s'], 2)} | {_fmt(cs['to_ready_s'], 2)} | "
                 f"{_fmt(cs['rss_mib_at_ready'], 0)} | {_fmt(after, 0)} |"
+            )
+        add("")
+    pairs = result.get("paired") or []
+    if pairs:
+        add("## Paired rounds (the ceiling target)")
+        add("")
+        add(
+            "Each round: the length-sorted batch-32 model-only rate (separate process, server "
+            f"idle), then a c={TARGET_CONCURRENCY} step on the same server seconds later; "
+            "the target is the median of the rounds' ratios."
+        )
+        add("")
+        add("| round | model-only sentences/s | served sentences/s | ratio |")
+        add("|---|---|---|---|")
+        for index, pair in enumerate(pairs, 1):
+            add(
+                _row(
+                    str(index),
+                    _fmt(pair["ceiling_sentences_per_s"]),
+                    _fmt(pair["served_sentences_per_s"]),
+                    _pct(pair.get("ratio")),
+                )
             )
         add("")
     for name, series in result.get("series", {}).items():

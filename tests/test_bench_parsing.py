@@ -319,3 +319,25 @@ def test_lone_pass_threads_follow_the_app(monkeypatch: pytest.MonkeyPatch) -> No
     assert lone_pass_threads(1, {}) == 1  # off by default: a lone pass uses TORCH_THREADS
     assert lone_pass_threads(1, {"ALONE_PASS_THREADS": "2"}) == 2
     assert lone_pass_threads(3, {"ALONE_PASS_THREADS": "1"}) == 3  # never below TORCH_THREADS
+
+
+def _pair(served: float, ceiling: float) -> dict[str, Any]:
+    return {
+        "ceiling_sentences_per_s": ceiling,
+        "served_sentences_per_s": served,
+        "ratio": served / ceiling,
+        "step": _step("closed", 32, served, 100.0),
+    }
+
+
+def test_ceiling_target_takes_the_median_of_the_paired_rounds() -> None:
+    result = _result()  # the sweep alone: 150 / 180 = 83 % PASS
+    result["paired"] = [_pair(150.0, 200.0), _pair(160.0, 180.0), _pair(140.0, 190.0)]
+    target = evaluate(result)[0]
+    # Ratios 75 %, 89 %, 74 %: the median 75 % FAILs although the sweep's ratio passes.
+    assert target.status == "FAIL"
+    assert "median of 3 paired rounds 75%" in target.measured and "sweep 150.0" in target.measured
+    result["paired"][0] = _pair(170.0, 200.0)  # 85 %: now the median is 85 %
+    assert evaluate(result)[0].status == "PASS"
+    text = markdown(result, evaluate(result))
+    assert "Paired rounds" in text and "| 2 | 180.0 | 160.0 | 89% |" in text
