@@ -183,8 +183,9 @@ async def test_probes_and_model_info(api) -> None:
     assert info["max_length"] == 64 and info["activation"] == "softmax"
     assert len(info["folder_sha256"]) == 64
     assert info["batching"]["max_items_per_request"] == 4
-    # Tiny BERT, 2 layers: 6 Linear layers each (+ 1 fused query/key/value), pooler, head.
-    assert info["onednn_linear_layers"] == 2 * 7 + 2
+    # Tiny BERT, 2 layers: per layer the fused query/key/value, attention output, FFN in
+    # and out (the separate query, key and value never run); pooler, head.
+    assert info["onednn_linear_layers"] == 2 * 4 + 2
 
 
 async def test_metrics_count_requests_and_predictions(api) -> None:
