@@ -130,10 +130,15 @@ def test_a_client_that_hangs_up_is_dropped(server: ServerProcess) -> None:
         f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
+    # Long texts ahead of it (about 100 tokens each, a second or more of model time), so its
+    # texts are still queued when it hangs up: with short ones a fast machine answered it
+    # before the hang-up and nothing was left to drop.
+    long_text = " ".join(["a fairly long sentence to keep the model busy"] * 10)
+    busy_body = json.dumps({"texts": [long_text] * 64}).encode()
 
     async def busy() -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            await asyncio.gather(*(client.post("/predict", content=body) for _ in range(3)))
+            await asyncio.gather(*(client.post("/predict", content=busy_body) for _ in range(3)))
 
     async def scenario() -> None:
         load = asyncio.ensure_future(busy())
