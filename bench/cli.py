@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--paired-rounds",
         type=int,
-        help="model-only / c=32 pairs for the ceiling target (default 3, quick 1; 0: none)",
+        help="model-only / c=32 pairs for the ratio targets (default 5, quick 1; 0: none)",
     )
     run.add_argument("--torch-threads", type=int, help="TORCH_THREADS for server and ceiling")
     run.add_argument(
@@ -239,7 +239,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         baseline=not args.no_baseline,
         ceiling=not args.no_ceiling,
         paired_rounds=(
-            args.paired_rounds if args.paired_rounds is not None else (1 if quick else 3)
+            args.paired_rounds if args.paired_rounds is not None else (1 if quick else 5)
         ),
         torch_threads=args.torch_threads,
         server_env=_env_pairs(args.server_env),

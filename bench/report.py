@@ -183,23 +183,30 @@ def markdown(result: dict[str, Any], targets: Sequence[TargetResult]) -> str:
         add("")
     pairs = result.get("paired") or []
     if pairs:
-        add("## Paired rounds (the ceiling target)")
+        add("## Paired rounds (the ceiling and Nginx targets)")
         add("")
         add(
             "Each round: the length-sorted batch-32 model-only rate (separate process, server "
-            f"idle), then a c={TARGET_CONCURRENCY} step on the same server seconds later; "
-            "the target is the median of the rounds' ratios."
+            f"idle), then a c={TARGET_CONCURRENCY} step on the same server, direct and (with "
+            "Nginx) through the proxy, seconds apart; the targets take the median of the "
+            "rounds' ratios."
         )
         add("")
-        add("| round | model-only sentences/s | served sentences/s | ratio |")
-        add("|---|---|---|---|")
+        add(
+            "| round | model-only sentences/s | served sentences/s | of model-only "
+            "| direct req/s | through Nginx req/s | Nginx / direct |"
+        )
+        add("|---|---|---|---|---|---|---|")
         for index, pair in enumerate(pairs, 1):
             add(
                 _row(
                     str(index),
-                    _fmt(pair["ceiling_sentences_per_s"]),
-                    _fmt(pair["served_sentences_per_s"]),
+                    _fmt(pair.get("ceiling_sentences_per_s")),
+                    _fmt(pair.get("served_sentences_per_s")),
                     _pct(pair.get("ratio")),
+                    _fmt(pair.get("direct_requests_per_s")),
+                    _fmt(pair.get("nginx_requests_per_s")),
+                    _pct(pair.get("nginx_ratio")),
                 )
             )
         add("")

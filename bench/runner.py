@@ -63,10 +63,10 @@ class RunConfig:
     open_rates: Sequence[str] = ("0.5x", "0.8x", "1.0x", "1.2x")
     baseline: bool = True
     ceiling: bool = True
-    # Alternations of a model-only length-sorted measurement and a c=32 step on the running
-    # server; the ceiling target takes the median of their ratios (0: the sweep's c=32 over
-    # the mean of the ceilings before and after it).
-    paired_rounds: int = 3
+    # Rounds of a model-only length-sorted measurement, then c=32 steps on the running
+    # server, direct and through Nginx; the ceiling and Nginx targets take the median of
+    # their ratios (0: the sweep's figures, bracketed by the measurements around them).
+    paired_rounds: int = 5
     torch_threads: int | None = None
     server_env: dict[str, str] = field(default_factory=dict)
     items_per_request: int = 1
@@ -257,43 +257,62 @@ class Bench:
                 f"  padding efficiency {m['padding_efficiency']}"
             )
 
-    def paired(self, base_url: str, metrics_url: str | None, pid: int | None) -> None:
-        """The ceiling target's figure: `paired_rounds` times, the length-sorted model-only
-        rate (separate process, server idle) and right after it a c=32 step on the server.
+    def paired(
+        self,
+        base_url: str,
+        metrics_url: str | None,
+        pid: int | None,
+        proxy_url: str | None = None,
+        proxy_metrics_url: str | None = None,
+        proxy_pid: int | None = None,
+    ) -> None:
+        """The ratio targets' figures, `paired_rounds` times: the length-sorted model-only
+        rate (separate process, the server idle), then a c=32 step on the server direct and,
+        with an Nginx, one through it, seconds apart. The targets take the median of the
+        rounds' ratios.
 
-        This VM's speed drifts 10-20 % within minutes; the sweep's c=32 step and the
-        ceilings around it are minutes apart, and in two runs of one commit that ratio came
-        out 74 % and 87 %. A pair is seconds apart; the median of the pairs' ratios is
-        what the target uses."""
+        This VM's speed drifts 10-20 % within minutes: the sweep's c=32 step and the
+        ceilings around it are minutes apart, and two runs of one commit gave that ratio as
+        74 % and 87 %; a lone slow phase once put one model-only figure at 260 instead of
+        370-440 sentences/s. Rounds are seconds apart, and a median ignores one bad round."""
         cfg = self.cfg
-        if cfg.paired_rounds <= 0 or not cfg.ceiling or cfg.model_path is None:
+        with_ceiling = cfg.ceiling and cfg.model_path is not None
+        if cfg.paired_rounds <= 0 or not (with_ceiling or proxy_url):
             return
         rounds: list[dict[str, Any]] = self.result.setdefault("paired", [])
         for index in range(cfg.paired_rounds):
             if self._server_died("paired"):
                 return
             self.log(f"paired round {index + 1}/{cfg.paired_rounds}")
-            key = f"paired_ceiling_{index}"
-            self.run_ceiling(key, modes="b32s")
-            ceiling = self.result.pop(key, None)
-            if ceiling is None:
-                continue
+            record: dict[str, Any] = {}
+            if with_ceiling:
+                key = f"paired_ceiling_{index}"
+                self.run_ceiling(key, modes="b32s")
+                ceiling = self.result.pop(key, None)
+                if ceiling is not None:
+                    modes = ceiling["variants"][0]["modes"]
+                    record["ceiling_sentences_per_s"] = float(modes["b32s"]["sentences_per_s"])
             try:
-                step = self.closed_step(predict_url(base_url), metrics_url, pid, TARGET_CONCURRENCY)
+                direct = self.closed_step(
+                    predict_url(base_url), metrics_url, pid, TARGET_CONCURRENCY
+                )
+                self._log_step(direct)
+                record["step"] = direct
+                if proxy_url:
+                    via = self.closed_step(
+                        predict_url(proxy_url),
+                        proxy_metrics_url,
+                        # A local proxy fronts this server; an external one another instance.
+                        pid if proxy_pid is not None else None,
+                        TARGET_CONCURRENCY,
+                        proxy_pid,
+                    )
+                    self._log_step(via)
+                    record["nginx_step"] = via
             except LoadGenError as exc:
                 self.result["errors"].append(f"paired round {index + 1}: {exc}")
                 continue
-            self._log_step(step)
-            model = float(ceiling["variants"][0]["modes"]["b32s"]["sentences_per_s"])
-            served = float(step["sentences_per_s"])
-            rounds.append(
-                {
-                    "ceiling_sentences_per_s": model,
-                    "served_sentences_per_s": served,
-                    "ratio": round(served / model, 4) if model else None,
-                    "step": step,
-                }
-            )
+            rounds.append(pair_ratios(record))
 
     def closed_step(
         self,
@@ -531,8 +550,7 @@ class Bench:
                 "batched", "server at --url (closed loop, wrk)", base, base + "/metrics", pid
             )
             reference = _c32_rps(series)
-            self._nginx(None, base, pid)
-            self.paired(base, base + "/metrics", pid)
+            self._nginx(base, pid)
             self.open_loop(base, base + "/metrics", pid, reference)
         else:
             if cfg.model_path is None:
@@ -582,13 +600,15 @@ class Bench:
             "batched", "batched server (closed loop, wrk)", server.base_url, metrics, server.pid
         )
         # Nginx right after the direct sweep: the closer in time, the fairer the ratio.
-        self._nginx(server, server.base_url, server.pid)
-        self.paired(server.base_url, metrics, server.pid)
+        self._nginx(server.base_url, server.pid)
         self.open_loop(server.base_url, metrics, server.pid, _c32_rps(series))
 
-    def _nginx(self, server: ServerProcess | None, direct_base: str, pid: int | None) -> None:
+    def _nginx(self, direct_base: str, pid: int | None) -> None:
+        """The Nginx sweep (if any), then the paired rounds, through that Nginx too."""
         cfg = self.cfg
+        metrics = direct_base + "/metrics"
         if not cfg.nginx_url:
+            self.paired(direct_base, metrics, pid)
             return
         if cfg.nginx_url == "local":
             self._local_nginx(direct_base, pid)
@@ -596,14 +616,17 @@ class Bench:
         base = base_of(cfg.nginx_url)
         # The app behind an external Nginx is usually another instance (a container):
         # its /metrics only if the user says where; no CPU figure (its PID is not ours).
-        metrics = cfg.nginx_metrics_url
-        self.log(f"nginx: {base} (external; app metrics: {metrics or 'none'})")
-        self.sweep("nginx", "through Nginx at --nginx-url (closed loop, wrk)", base, metrics, None)
+        proxied = cfg.nginx_metrics_url
+        self.log(f"nginx: {base} (external; app metrics: {proxied or 'none'})")
+        self.sweep("nginx", "through Nginx at --nginx-url (closed loop, wrk)", base, proxied, None)
+        self.paired(direct_base, metrics, pid, base, proxied)
 
     def _local_nginx(self, direct_base: str, pid: int | None) -> None:
+        metrics = direct_base + "/metrics"
         port = urllib.parse.urlparse(direct_base).port
         if port is None:
             self.result["errors"].append("--nginx-url local needs a local app with a port")
+            self.paired(direct_base, metrics, pid)
             return
         proxy = LocalNginx(upstream_port=port)
         try:
@@ -612,6 +635,7 @@ class Bench:
             msg = f"local nginx: {exc}"
             self.log(msg)
             self.result["errors"].append(msg)
+            self.paired(direct_base, metrics, pid)
             return
         self.result["tools"]["nginx"] = nginx_version()
         self.log(f"nginx: local proxy {proxy.base_url} -> {direct_base}")
@@ -620,22 +644,41 @@ class Bench:
                 "nginx",
                 "through a local Nginx in front of the same server (closed loop, wrk)",
                 proxy.base_url,
-                direct_base + "/metrics",
+                metrics,
                 pid,
                 proxy_pid=proxy.pid,
             )
+            # The same server direct again: the sweep's Nginx ratio compares with the mean
+            # of the direct steps before and after, as this VM's speed drifts within minutes.
+            self.sweep(
+                "direct_after",
+                "the same server direct again, right after the Nginx sweep (closed loop, wrk)",
+                direct_base,
+                metrics,
+                pid,
+                concurrencies=(TARGET_CONCURRENCY,),
+            )
+            self.paired(direct_base, metrics, pid, proxy.base_url, metrics, proxy.pid)
         finally:
             proxy.stop()
-        # The same server direct again: the Nginx target compares with the mean of the
-        # direct steps before and after, as this VM's speed drifts within minutes.
-        self.sweep(
-            "direct_after",
-            "the same server direct again, right after the Nginx sweep (closed loop, wrk)",
-            direct_base,
-            direct_base + "/metrics",
-            pid,
-            concurrencies=(TARGET_CONCURRENCY,),
-        )
+
+
+def pair_ratios(record: dict[str, Any]) -> dict[str, Any]:
+    """Add one paired round's figures and ratios (served / model-only, Nginx / direct)."""
+    direct = record["step"]
+    record["served_sentences_per_s"] = float(direct["sentences_per_s"])
+    record["direct_requests_per_s"] = float(direct["ok_requests_per_s"])
+    model = record.get("ceiling_sentences_per_s")
+    if model:
+        record["ratio"] = round(record["served_sentences_per_s"] / model, 4)
+    via = record.get("nginx_step")
+    if via is not None:
+        record["nginx_requests_per_s"] = float(via["ok_requests_per_s"])
+        if record["direct_requests_per_s"]:
+            record["nginx_ratio"] = round(
+                record["nginx_requests_per_s"] / record["direct_requests_per_s"], 4
+            )
+    return record
 
 
 def _c32_rps(series: dict[str, Any]) -> float | None:

@@ -138,7 +138,19 @@ def evaluate(result: dict[str, Any]) -> list[TargetResult]:
 
     name = f"through Nginx c={c} vs direct"
     req = f">= {NGINX_FRACTION:.0%} of direct requests/s"
-    if nginx and batched:
+    proxied = [r for r in result.get("paired") or [] if r.get("nginx_ratio")]
+    if proxied:
+        ratio = statistics.median(float(r["nginx_ratio"]) for r in proxied)
+        each = ", ".join(
+            f"{r['nginx_requests_per_s']:.0f}/{r['direct_requests_per_s']:.0f}" for r in proxied
+        )
+        shown = f"median of {len(proxied)} paired rounds {ratio:.0%} ({each})"
+        if nginx and batched:
+            shown += (
+                f"; sweep {nginx['ok_requests_per_s']:.1f} / {batched['ok_requests_per_s']:.1f}"
+            )
+        out.append(TargetResult(name, req, shown, _verdict(ratio >= NGINX_FRACTION)))
+    elif nginx and batched:
         got, direct = nginx["ok_requests_per_s"], batched["ok_requests_per_s"]
         shown = f"{direct:.1f}"
         after = closed_step(result, "direct_after", c)

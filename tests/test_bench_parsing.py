@@ -321,13 +321,16 @@ def test_lone_pass_threads_follow_the_app(monkeypatch: pytest.MonkeyPatch) -> No
     assert lone_pass_threads(3, {"ALONE_PASS_THREADS": "1"}) == 3  # never below TORCH_THREADS
 
 
-def _pair(served: float, ceiling: float) -> dict[str, Any]:
-    return {
-        "ceiling_sentences_per_s": ceiling,
-        "served_sentences_per_s": served,
-        "ratio": served / ceiling,
+def _pair(served: float, ceiling: float, nginx: float | None = None) -> dict[str, Any]:
+    from bench.runner import pair_ratios
+
+    record: dict[str, Any] = {
+        "ceiling_sentences_per_s": float(ceiling),
         "step": _step("closed", 32, served, 100.0),
     }
+    if nginx is not None:
+        record["nginx_step"] = _step("closed", 32, nginx, 100.0)
+    return pair_ratios(record)
 
 
 def test_ceiling_target_takes_the_median_of_the_paired_rounds() -> None:
@@ -340,4 +343,20 @@ def test_ceiling_target_takes_the_median_of_the_paired_rounds() -> None:
     result["paired"][0] = _pair(170.0, 200.0)  # 85 %: now the median is 85 %
     assert evaluate(result)[0].status == "PASS"
     text = markdown(result, evaluate(result))
-    assert "Paired rounds" in text and "| 2 | 180.0 | 160.0 | 89% |" in text
+    assert "Paired rounds" in text and "| 2 | 180.0 | 160.0 | 89% | 160.0 | – | – |" in text
+
+
+def test_nginx_target_takes_the_median_of_the_paired_rounds() -> None:
+    result = _result()
+    # The sweep alone: 140 / 150 = 93 % FAIL.
+    result["series"]["nginx"] = {"steps": [_step("closed", 32, 140.0, 210.0)]}
+    result["paired"] = [_pair(150, 180, 147), _pair(160, 180, 150), _pair(150, 180, 120)]
+    nginx = evaluate(result)[3]
+    # Ratios 98 %, 94 %, 80 %: median 94 % FAIL; one bad round does not decide it.
+    assert nginx.status == "FAIL" and "median of 3 paired rounds 94%" in nginx.measured
+    result["paired"][1] = _pair(160, 180, 155)  # 97 %: the median is now 97 %
+    nginx = evaluate(result)[3]
+    assert nginx.status == "PASS" and "sweep 140.0 / 150.0" in nginx.measured
+    assert evaluate(result)[0].measured.startswith("median of 3 paired rounds")
+    text = markdown(result, evaluate(result))
+    assert "| 2 | 180.0 | 160.0 | 89% | 160.0 | 155.0 | 97% |" in text
