@@ -68,6 +68,18 @@ def ceiling_mode(result: dict[str, Any], mode: str) -> dict[str, Any] | None:
     return merged
 
 
+def _paired_median(
+    result: dict[str, Any], ratio_key: str, numerator: str, denominator: str
+) -> tuple[float, str] | None:
+    """The median of the paired rounds' `ratio_key` and how to show it; None without rounds."""
+    rounds = [r for r in result.get("paired") or [] if r.get(ratio_key)]
+    if not rounds:
+        return None
+    ratio = statistics.median(float(r[ratio_key]) for r in rounds)
+    each = ", ".join(f"{r[numerator]:.0f}/{r[denominator]:.0f}" for r in rounds)
+    return ratio, f"median of {len(rounds)} paired rounds {ratio:.0%} ({each})"
+
+
 def _verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -90,13 +102,9 @@ def evaluate(result: dict[str, Any]) -> list[TargetResult]:
         got, ceil = batched["sentences_per_s"], sorted_ceiling["sentences_per_s"]
         frac = got / ceil if ceil else 0.0
         sweep = f"{got:.1f} / {ceil:.1f} = {frac:.0%}"
-    pairs = [r for r in result.get("paired") or [] if r.get("ratio")]
-    if pairs:
-        ratio = statistics.median(float(r["ratio"]) for r in pairs)
-        each = ", ".join(
-            f"{r['served_sentences_per_s']:.0f}/{r['ceiling_sentences_per_s']:.0f}" for r in pairs
-        )
-        shown = f"median of {len(pairs)} paired rounds {ratio:.0%} ({each})"
+    paired = _paired_median(result, "ratio", "served_sentences_per_s", "ceiling_sentences_per_s")
+    if paired:
+        ratio, shown = paired
         shown += f"; sweep {sweep}" if sweep else ""
         out.append(TargetResult(name, req, shown, _verdict(ratio >= CEILING_FRACTION)))
     elif frac is not None:
@@ -138,17 +146,12 @@ def evaluate(result: dict[str, Any]) -> list[TargetResult]:
 
     name = f"through Nginx c={c} vs direct"
     req = f">= {NGINX_FRACTION:.0%} of direct requests/s"
-    proxied = [r for r in result.get("paired") or [] if r.get("nginx_ratio")]
-    if proxied:
-        ratio = statistics.median(float(r["nginx_ratio"]) for r in proxied)
-        each = ", ".join(
-            f"{r['nginx_requests_per_s']:.0f}/{r['direct_requests_per_s']:.0f}" for r in proxied
-        )
-        shown = f"median of {len(proxied)} paired rounds {ratio:.0%} ({each})"
+    paired = _paired_median(result, "nginx_ratio", "nginx_requests_per_s", "direct_requests_per_s")
+    if paired:
+        ratio, shown = paired
         if nginx and batched:
-            shown += (
-                f"; sweep {nginx['ok_requests_per_s']:.1f} / {batched['ok_requests_per_s']:.1f}"
-            )
+            via, direct = nginx["ok_requests_per_s"], batched["ok_requests_per_s"]
+            shown += f"; sweep {via:.1f} / {direct:.1f}"
         out.append(TargetResult(name, req, shown, _verdict(ratio >= NGINX_FRACTION)))
     elif nginx and batched:
         got, direct = nginx["ok_requests_per_s"], batched["ok_requests_per_s"]
