@@ -323,74 +323,66 @@ class Bench:
         proxy_pid: int | None = None,
     ) -> dict[str, Any]:
         cfg = self.cfg
-        if cfg.warmup_s > 0:
-            run_wrk(
+
+        def load(seconds: float) -> dict[str, Any]:
+            return run_wrk(
                 url,
                 self.bodies_file,
                 concurrency,
-                cfg.warmup_s,
+                seconds,
                 threads=cfg.wrk_threads,
                 timeout_s=cfg.request_timeout_s,
                 items_per_request=cfg.items_per_request,
             )
-        clean_start = settle(metrics_url)
-        before = _snapshot(metrics_url, self.log)
-        monitor = ProcessMonitor(pid) if pid else None
-        proxy = ProcessMonitor(proxy_pid) if proxy_pid else None
-        for mon in (monitor, proxy):
-            if mon:
-                mon.start()
-        step = run_wrk(
-            url,
-            self.bodies_file,
-            concurrency,
-            cfg.step_s,
-            threads=cfg.wrk_threads,
-            timeout_s=cfg.request_timeout_s,
-            items_per_request=cfg.items_per_request,
-        )
-        server = monitor.stop() if monitor else None
-        proxy_use = proxy.stop() if proxy else None
-        # Let requests still in flight when wrk stopped finish before the after-snapshot.
-        clean_end = settle(metrics_url)
-        after = _snapshot(metrics_url, self.log)
-        return {
-            "kind": "closed",
-            "concurrency": concurrency,
-            **step,
-            "server": server,
-            "proxy": proxy_use,
-            "server_metrics": (
-                step_metrics(before, after, clean=clean_start and clean_end)
-                if before and after
-                else None
-            ),
-        }
+
+        if cfg.warmup_s > 0:
+            load(cfg.warmup_s)
+        measured = self._measured(metrics_url, pid, proxy_pid, lambda: load(cfg.step_s))
+        return {"kind": "closed", "concurrency": concurrency, **measured}
 
     def open_step(
         self, url: str, metrics_url: str | None, pid: int | None, rate: float
     ) -> dict[str, Any]:
         cfg = self.cfg
+        measured = self._measured(
+            metrics_url,
+            pid,
+            None,
+            lambda: run_openloop(
+                url,
+                self.bodies_file,
+                rate,
+                cfg.step_s,
+                timeout_s=cfg.request_timeout_s,
+                items_per_request=cfg.items_per_request,
+            ),
+        )
+        measured.pop("proxy")
+        return {"kind": "open", **measured}
+
+    def _measured(
+        self,
+        metrics_url: str | None,
+        pid: int | None,
+        proxy_pid: int | None,
+        load: Callable[[], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Run one load step with the server's (and proxy's) CPU and RSS monitored and its
+        /metrics differenced around it; waits for stragglers before the after-snapshot."""
         clean_start = settle(metrics_url)
         before = _snapshot(metrics_url, self.log)
-        monitor = ProcessMonitor(pid) if pid else None
-        if monitor:
-            monitor.start()
-        step = run_openloop(
-            url,
-            self.bodies_file,
-            rate,
-            cfg.step_s,
-            timeout_s=cfg.request_timeout_s,
-            items_per_request=cfg.items_per_request,
-        )
-        server = monitor.stop() if monitor else None
+        monitors = [ProcessMonitor(p) if p else None for p in (pid, proxy_pid)]
+        for monitor in monitors:
+            if monitor:
+                monitor.start()
+        step = load()
+        server, proxy = (monitor.stop() if monitor else None for monitor in monitors)
         clean_end = settle(metrics_url)
         after = _snapshot(metrics_url, self.log)
         return {
-            "kind": "open",
             **step,
             "server": server,
+            "proxy": proxy,
             "server_metrics": (
                 step_metrics(before, after, clean=clean_start and clean_end)
                 if before and after
