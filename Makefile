@@ -45,7 +45,7 @@ format: venv-dev
 test-quick: venv-dev ## unit tests only (tiny random model, seconds)
 	$(PY) -m pytest -m "not integration and not e2e"
 
-test: venv-dev model lint ## everything: lint, unit, integration over real HTTP, container stack
+test: venv-dev model lint bench-tools ## everything: lint, unit, integration over real HTTP (the benchmark tool too), container stack
 	MODEL_PATH=$(MODEL_DIR) $(PY) -m pytest -m "not e2e"
 	$(MAKE) e2e
 
