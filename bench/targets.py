@@ -77,7 +77,7 @@ def _paired_median(
         return None
     ratio = statistics.median(float(r[ratio_key]) for r in rounds)
     each = ", ".join(f"{r[numerator]:.0f}/{r[denominator]:.0f}" for r in rounds)
-    return ratio, f"median of {len(rounds)} paired rounds {ratio:.0%} ({each})"
+    return ratio, f"median of {len(rounds)} paired rounds {ratio:.1%} ({each})"
 
 
 def _verdict(ok: bool) -> str:
@@ -101,7 +101,7 @@ def evaluate(result: dict[str, Any]) -> list[TargetResult]:
     if batched and sorted_ceiling:
         got, ceil = batched["sentences_per_s"], sorted_ceiling["sentences_per_s"]
         frac = got / ceil if ceil else 0.0
-        sweep = f"{got:.1f} / {ceil:.1f} = {frac:.0%}"
+        sweep = f"{got:.1f} / {ceil:.1f} = {frac:.1%}"
     paired = _paired_median(result, "ratio", "served_sentences_per_s", "ceiling_sentences_per_s")
     if paired:
         ratio, shown = paired
@@ -166,7 +166,7 @@ def evaluate(result: dict[str, Any]) -> list[TargetResult]:
             TargetResult(
                 name,
                 req,
-                f"{got:.1f} / {shown} = {frac:.0%}",
+                f"{got:.1f} / {shown} = {frac:.1%}",
                 _verdict(frac >= NGINX_FRACTION),
             )
         )

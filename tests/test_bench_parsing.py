@@ -202,7 +202,7 @@ def test_targets_pass_fail_and_skip() -> None:
     with_nginx = _result()
     with_nginx["series"]["nginx"] = {"steps": [_step("closed", 32, 140.0, 210.0)]}
     nginx = evaluate(with_nginx)[3]
-    assert nginx.status == "FAIL" and "93%" in nginx.measured
+    assert nginx.status == "FAIL" and "93.3%" in nginx.measured
 
 
 def test_markdown_and_outputs(tmp_path: Path) -> None:
@@ -296,7 +296,7 @@ def test_nginx_target_uses_the_direct_steps_around_it() -> None:
     # step before alone would have said 93 % FAIL.
     result["series"]["direct_after"] = {"steps": [_step("closed", 32, 130.0, 230.0)]}
     nginx = evaluate(result)[3]
-    assert nginx.status == "PASS" and "100%" in nginx.measured and "130.0 after" in nginx.measured
+    assert nginx.status == "PASS" and "100.0%" in nginx.measured and "130.0 after" in nginx.measured
 
 
 def test_baseline_is_the_seeds_design() -> None:
@@ -339,7 +339,7 @@ def test_ceiling_target_takes_the_median_of_the_paired_rounds() -> None:
     target = evaluate(result)[0]
     # Ratios 75 %, 89 %, 74 %: the median 75 % FAILs although the sweep's ratio passes.
     assert target.status == "FAIL"
-    assert "median of 3 paired rounds 75%" in target.measured and "sweep 150.0" in target.measured
+    assert "median of 3 paired rounds 75.0%" in target.measured and "sweep 150.0" in target.measured
     result["paired"][0] = _pair(170.0, 200.0)  # 85 %: now the median is 85 %
     assert evaluate(result)[0].status == "PASS"
     text = markdown(result, evaluate(result))
@@ -352,8 +352,8 @@ def test_nginx_target_takes_the_median_of_the_paired_rounds() -> None:
     result["series"]["nginx"] = {"steps": [_step("closed", 32, 140.0, 210.0)]}
     result["paired"] = [_pair(150, 180, 147), _pair(160, 180, 150), _pair(150, 180, 120)]
     nginx = evaluate(result)[3]
-    # Ratios 98 %, 94 %, 80 %: median 94 % FAIL; one bad round does not decide it.
-    assert nginx.status == "FAIL" and "median of 3 paired rounds 94%" in nginx.measured
+    # Ratios 98 %, 94 %, 80 %: median 93.8 % FAIL; one bad round does not decide it.
+    assert nginx.status == "FAIL" and "median of 3 paired rounds 93.8%" in nginx.measured
     result["paired"][1] = _pair(160, 180, 155)  # 97 %: the median is now 97 %
     nginx = evaluate(result)[3]
     assert nginx.status == "PASS" and "sweep 140.0 / 150.0" in nginx.measured
