@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,20 @@ class RunConfig:
     stem: str = ""
     command: str = ""
     cwd: Path = field(default_factory=Path.cwd)
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """An Nginx to measure through, and what its steps can read of the app behind it."""
+
+    url: str
+    label: str
+    app_metrics_url: str | None
+    # A local proxy fronts the benchmarked server itself (its PID and /metrics apply, and a
+    # direct step after the Nginx sweep brackets it); an external one usually another
+    # instance, such as the Compose stack's.
+    local: bool
+    pid: int | None = None
 
 
 def parse_rates(specs: Sequence[str], reference_rps: float | None) -> list[float]:
@@ -262,9 +277,7 @@ class Bench:
         base_url: str,
         metrics_url: str | None,
         pid: int | None,
-        proxy_url: str | None = None,
-        proxy_metrics_url: str | None = None,
-        proxy_pid: int | None = None,
+        proxy: Proxy | None = None,
     ) -> None:
         """The ratio targets' figures, `paired_rounds` times: the length-sorted model-only
         rate (separate process, the server idle), then a c=32 step on the server direct and,
@@ -277,7 +290,7 @@ class Bench:
         370-440 sentences/s. Rounds are seconds apart, and a median ignores one bad round."""
         cfg = self.cfg
         with_ceiling = cfg.ceiling and cfg.model_path is not None
-        if cfg.paired_rounds <= 0 or not (with_ceiling or proxy_url):
+        if cfg.paired_rounds <= 0 or not (with_ceiling or proxy):
             return
         rounds: list[dict[str, Any]] = self.result.setdefault("paired", [])
         for index in range(cfg.paired_rounds):
@@ -298,14 +311,13 @@ class Bench:
                 )
                 self._log_step(direct)
                 record["step"] = direct
-                if proxy_url:
+                if proxy:
                     via = self.closed_step(
-                        predict_url(proxy_url),
-                        proxy_metrics_url,
-                        # A local proxy fronts this server; an external one another instance.
-                        pid if proxy_pid is not None else None,
+                        predict_url(proxy.url),
+                        proxy.app_metrics_url,
+                        pid if proxy.local else None,
                         TARGET_CONCURRENCY,
-                        proxy_pid,
+                        proxy.pid,
                     )
                     self._log_step(via)
                     record["nginx_step"] = via
@@ -597,62 +609,68 @@ class Bench:
 
     def _nginx(self, direct_base: str, pid: int | None) -> None:
         """The Nginx sweep (if any), then the paired rounds, through that Nginx too."""
-        cfg = self.cfg
         metrics = direct_base + "/metrics"
-        if not cfg.nginx_url:
-            self.paired(direct_base, metrics, pid)
-            return
-        if cfg.nginx_url == "local":
-            self._local_nginx(direct_base, pid)
-            return
-        base = base_of(cfg.nginx_url)
-        # The app behind an external Nginx is usually another instance (a container):
-        # its /metrics only if the user says where; no CPU figure (its PID is not ours).
-        proxied = cfg.nginx_metrics_url
-        self.log(f"nginx: {base} (external; app metrics: {proxied or 'none'})")
-        self.sweep("nginx", "through Nginx at --nginx-url (closed loop, wrk)", base, proxied, None)
-        self.paired(direct_base, metrics, pid, base, proxied)
+        with self._proxy(direct_base) as proxy:
+            if proxy is not None:
+                app_pid = pid if proxy.local else None
+                self.sweep(
+                    "nginx", proxy.label, proxy.url, proxy.app_metrics_url, app_pid, proxy.pid
+                )
+            if proxy is not None and proxy.local:
+                # The same server direct again: the sweep's Nginx ratio compares with the
+                # mean of the direct steps before and after, as this VM's speed drifts.
+                self.sweep(
+                    "direct_after",
+                    "the same server direct again, right after the Nginx sweep (closed loop, wrk)",
+                    direct_base,
+                    metrics,
+                    pid,
+                    concurrencies=(TARGET_CONCURRENCY,),
+                )
+            self.paired(direct_base, metrics, pid, proxy)
 
-    def _local_nginx(self, direct_base: str, pid: int | None) -> None:
-        metrics = direct_base + "/metrics"
+    @contextlib.contextmanager
+    def _proxy(self, direct_base: str) -> Iterator[Proxy | None]:
+        """The Nginx of --nginx-url: an external one, or a throwaway local one in front of
+        direct_base, stopped on exit; None without one or when the local one cannot start."""
+        cfg = self.cfg
+        if not cfg.nginx_url:
+            yield None
+            return
+        if cfg.nginx_url != "local":
+            base = base_of(cfg.nginx_url)
+            # The app behind an external Nginx is usually another instance (a container):
+            # its /metrics only if the user says where; no CPU figure (its PID is not ours).
+            metrics = cfg.nginx_metrics_url
+            self.log(f"nginx: {base} (external; app metrics: {metrics or 'none'})")
+            yield Proxy(base, "through Nginx at --nginx-url (closed loop, wrk)", metrics, False)
+            return
         port = urllib.parse.urlparse(direct_base).port
         if port is None:
             self.result["errors"].append("--nginx-url local needs a local app with a port")
-            self.paired(direct_base, metrics, pid)
+            yield None
             return
-        proxy = LocalNginx(upstream_port=port)
+        local = LocalNginx(upstream_port=port)
         try:
-            proxy.start()
+            local.start()
         except RuntimeError as exc:
             msg = f"local nginx: {exc}"
             self.log(msg)
             self.result["errors"].append(msg)
-            self.paired(direct_base, metrics, pid)
+            yield None
             return
         self.result["tools"]["nginx"] = nginx_version()
-        self.log(f"nginx: local proxy {proxy.base_url} -> {direct_base}")
+        self.log(f"nginx: local proxy {local.base_url} -> {direct_base}")
         try:
-            self.sweep(
-                "nginx",
+            yield Proxy(
+                local.base_url,
                 "through a local Nginx in front of the same server (closed loop, wrk)",
-                proxy.base_url,
-                metrics,
-                pid,
-                proxy_pid=proxy.pid,
+                direct_base + "/metrics",
+                True,
+                local.pid,
             )
-            # The same server direct again: the sweep's Nginx ratio compares with the mean
-            # of the direct steps before and after, as this VM's speed drifts within minutes.
-            self.sweep(
-                "direct_after",
-                "the same server direct again, right after the Nginx sweep (closed loop, wrk)",
-                direct_base,
-                metrics,
-                pid,
-                concurrencies=(TARGET_CONCURRENCY,),
-            )
-            self.paired(direct_base, metrics, pid, proxy.base_url, metrics, proxy.pid)
         finally:
-            proxy.stop()
+            local.stop()
 
 
 def pair_ratios(record: dict[str, Any]) -> dict[str, Any]:
