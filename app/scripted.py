@@ -1,4 +1,4 @@
-"""The padding-free encoder layers compiled with TorchScript, so a pass runs without the GIL.
+"""The padding-free forward compiled with TorchScript, so a pass runs without the GIL.
 
 Run eagerly, every operation of a pass goes back to Python and must take the GIL, which the
 event loop holds while it handles HTTP: at concurrency 32 the inference threads waited for it

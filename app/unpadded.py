@@ -57,7 +57,7 @@ class UnpaddedBert:
         self.fused_qkv = nn.ModuleList(
             [f for f in fused if f is not None] if all(f is not None for f in fused) else []
         )
-        # The encoder layers compiled with TorchScript (app/scripted.py), once the Linear
+        # The whole forward compiled with TorchScript (app/scripted.py), once the Linear
         # layers have their final kernels: `script()`.
         self.scripted: Any = None
 
@@ -77,7 +77,7 @@ class UnpaddedBert:
         ]
 
     def script(self) -> bool:
-        """Run the encoder layers as one TorchScript call from now on, when supported."""
+        """Run the whole forward as one TorchScript call from now on, when supported."""
         from app.scripted import script_forward, supports_scripting
 
         if not supports_scripting(self._model, self.fused_qkv):

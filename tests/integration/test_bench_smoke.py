@@ -49,13 +49,9 @@ def test_the_benchmark_runs_every_part_and_writes_its_report(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "smoke.json").read_text(encoding="utf-8"))
     assert result["errors"] == []
-    assert [t["status"] in {"PASS", "FAIL"} for t in result["targets"]] == [
-        True,
-        True,
-        True,
-        True,
-        True,
-    ]
+    # Every target measured (PASS or FAIL: these short steps decide nothing), none SKIPped.
+    statuses = [t["status"] for t in result["targets"]]
+    assert len(statuses) == 5 and set(statuses) <= {"PASS", "FAIL"}, statuses
     series = result["series"]
     for name in ("baseline", "unbatched_parallel", "batched", "nginx", "direct_after"):
         steps = series[name]["steps"]
