@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="how long a busy batcher waits for more texts"
     )
+    gil_switch_interval_ms: float = Field(
+        0.2,
+        gt=0,
+        le=100,
+        description="longest a thread keeps Python's GIL while another waits for it "
+        "(CPython's default: 5). Short lets an inference thread between two passes take its "
+        "next batch at once instead of idling while the event loop runs",
+    )
     max_queue_size: int = Field(
         256, ge=1, description="texts waiting for the model before new ones get 503"
     )

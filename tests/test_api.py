@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -53,6 +54,15 @@ async def test_batch_keeps_input_order_and_top_k(api) -> None:
         assert prediction.label == alone["label"]
         assert prediction.confidence == pytest.approx(alone["confidence"], abs=1e-5)
         assert prediction.num_tokens == alone["num_tokens"]
+
+
+async def test_start_sets_the_gil_switch_interval(start_app, settings_for) -> None:
+    before = sys.getswitchinterval()
+    try:
+        await start_app(settings_for(gil_switch_interval_ms=0.3))
+        assert sys.getswitchinterval() == pytest.approx(0.0003)
+    finally:
+        sys.setswitchinterval(before)
 
 
 async def test_body_without_content_type_is_read_as_json(api) -> None:
