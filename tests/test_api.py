@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any
 
 import pytest
 
 from app.schemas import BatchPredictResponse, SinglePredictResponse
+from app.startup import GC_GEN0_THRESHOLD
 
 pytestmark = pytest.mark.anyio
 
@@ -63,6 +65,13 @@ async def test_start_sets_the_gil_switch_interval(start_app, settings_for) -> No
         assert sys.getswitchinterval() == pytest.approx(0.0003)
     finally:
         sys.setswitchinterval(before)
+
+
+async def test_start_freezes_the_loaded_heap(api) -> None:
+    # The model's objects are frozen, and requests no longer trigger a collection every
+    # 700 allocations (app/startup.py: settle_heap).
+    assert gc.get_freeze_count() > 10_000
+    assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD > 700
 
 
 async def test_body_without_content_type_is_read_as_json(api) -> None:
