@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 from torch.nn import functional as F
 
 from app.onednn import PackedLinear
@@ -28,7 +29,8 @@ class _Layer(nn.Module):
         super().__init__()
         self.heads = heads
         self.eps = eps
-        # PackedLinear or nn.Linear modules, both of which TorchScript compiles.
+        # PackedLinear, nn.Linear or dynamic int8 Linear modules, all of which TorchScript
+        # compiles; qkv is one fused layer or a _SeparateQKV.
         self.qkv = qkv
         self.out = layer.attention.output.dense
         self.ln1_w: Tensor = layer.attention.output.LayerNorm.weight.detach()
@@ -97,18 +99,41 @@ class _Forward(nn.Module):
         return logits
 
 
+class _SeparateQKV(nn.Module):
+    """Query, key and value as three layers, side by side like the fused projection's output.
+
+    For dynamic int8 layers (`QUANTIZE=int8`), which are not fused: each keeps its own scale."""
+
+    def __init__(self, self_attention: Any) -> None:
+        super().__init__()
+        self.query = self_attention.query
+        self.key = self_attention.key
+        self.value = self_attention.value
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return torch.cat([self.query(hidden), self.key(hidden), self.value(hidden)], 1)
+
+
 def _linear_like(module: Any) -> bool:
-    return isinstance(module, PackedLinear) or type(module) is nn.Linear
+    return isinstance(module, PackedLinear | DynamicInt8Linear) or type(module) is nn.Linear
 
 
 def supports_scripting(model: Any, fused_qkv: nn.ModuleList) -> bool:
-    """Float Linear layers with fused projections, BERT's exact GELU and a plain head."""
+    """Float or dynamic-int8 Linear layers, BERT's exact GELU and a plain head. The query,
+    key and value projections are fused (float) or all three separate layers (int8)."""
     config = model.config
     layers = model.bert.encoder.layer
+    if fused_qkv:
+        projections_ok = len(fused_qkv) == len(layers) and all(_linear_like(m) for m in fused_qkv)
+    else:
+        projections_ok = all(
+            _linear_like(getattr(layer.attention.self, name))
+            for layer in layers
+            for name in ("query", "key", "value")
+        )
     return (
-        len(fused_qkv) == len(layers)
+        projections_ok
         and getattr(config, "hidden_act", None) == "gelu"
-        and all(_linear_like(m) for m in fused_qkv)
         and all(
             _linear_like(layer.attention.output.dense)
             and _linear_like(layer.intermediate.dense)
@@ -122,9 +147,15 @@ def supports_scripting(model: Any, fused_qkv: nn.ModuleList) -> bool:
 
 def script_forward(model: Any, fused_qkv: nn.ModuleList) -> torch.jit.ScriptModule:
     config = model.config
+    encoder_layers = model.bert.encoder.layer
+    projections: list[nn.Module] = (
+        list(fused_qkv)
+        if fused_qkv
+        else [_SeparateQKV(layer.attention.self) for layer in encoder_layers]
+    )
     layers = [
         _Layer(layer, qkv, int(config.num_attention_heads), float(config.layer_norm_eps))
-        for layer, qkv in zip(model.bert.encoder.layer, fused_qkv, strict=True)
+        for layer, qkv in zip(encoder_layers, projections, strict=True)
     ]
     with warnings.catch_warnings():  # deprecated in favour of torch.compile/export: see above
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -116,5 +116,14 @@ def test_the_scripted_forward_equals_the_eager_one(tiny_model: Path, onednn_line
         )
 
 
-def test_int8_layers_stay_eager(tiny_model: Path) -> None:
-    assert not HFClassifier(make_settings(tiny_model, quantize="int8")).scripted
+def test_the_scripted_int8_forward_equals_the_eager_one(tiny_model: Path) -> None:
+    # Dynamic int8 layers script too: their query, key and value stay three layers.
+    scripted = HFClassifier(make_settings(tiny_model, quantize="int8"))
+    eager = HFClassifier(make_settings(tiny_model, quantize="int8", scripted="off"))
+    assert scripted.scripted and not eager.scripted
+    assert scripted._unpadded is not None and not scripted._unpadded.fused_qkv
+    for rows in (_rows(7, seed=1), _rows(1, seed=2), _rows(40, seed=3)):
+        width = max(map(len, rows))
+        np.testing.assert_allclose(
+            scripted.forward(rows, width), eager.forward(rows, width), atol=1e-5
+        )
