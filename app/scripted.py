@@ -4,7 +4,8 @@ Run eagerly, every operation of a pass goes back to Python and must take the GIL
 event loop holds while it handles HTTP: at concurrency 32 the inference threads waited for it
 about a fifth of the time (BENCHMARKS.md). A TorchScript call releases the GIL for the whole
 graph. The layers here are the same computation as `app/unpadded.py` (same weights, same
-oneDNN kernels) plus the embeddings, pooler and head; the index tensors are built with numpy.
+kernels: oneDNN float32 or dynamic int8) plus the embeddings, pooler and head; the index
+tensors are built with numpy.
 
 `torch.jit.script` is deprecated in torch 2.13 in favour of `torch.compile` / `torch.export`,
 which need a C++ compiler at run time (compile) or an ahead-of-time build step (AOTInductor);
