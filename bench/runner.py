@@ -95,6 +95,10 @@ class Proxy:
     local: bool
     pid: int | None = None
 
+    def app_pid(self, server_pid: int | None) -> int | None:
+        """The PID to monitor behind this proxy: only a local one fronts our own server."""
+        return server_pid if self.local else None
+
 
 def parse_rates(specs: Sequence[str], reference_rps: float | None) -> list[float]:
     """'40' is 40 req/s; '0.8x' is 0.8 x the batched c=32 throughput measured in this run."""
@@ -315,7 +319,7 @@ class Bench:
                     via = self.closed_step(
                         predict_url(proxy.url),
                         proxy.app_metrics_url,
-                        pid if proxy.local else None,
+                        proxy.app_pid(pid),
                         TARGET_CONCURRENCY,
                         proxy.pid,
                     )
@@ -554,7 +558,7 @@ class Bench:
                 "batched", "server at --url (closed loop, wrk)", base, base + "/metrics", pid
             )
             reference = _c32_rps(series)
-            self._nginx(base, pid)
+            self._nginx_and_paired_rounds(base, pid)
             self.open_loop(base, base + "/metrics", pid, reference)
         else:
             if cfg.model_path is None:
@@ -604,17 +608,21 @@ class Bench:
             "batched", "batched server (closed loop, wrk)", server.base_url, metrics, server.pid
         )
         # Nginx right after the direct sweep: the closer in time, the fairer the ratio.
-        self._nginx(server.base_url, server.pid)
+        self._nginx_and_paired_rounds(server.base_url, server.pid)
         self.open_loop(server.base_url, metrics, server.pid, _c32_rps(series))
 
-    def _nginx(self, direct_base: str, pid: int | None) -> None:
+    def _nginx_and_paired_rounds(self, direct_base: str, pid: int | None) -> None:
         """The Nginx sweep (if any), then the paired rounds, through that Nginx too."""
         metrics = direct_base + "/metrics"
         with self._proxy(direct_base) as proxy:
             if proxy is not None:
-                app_pid = pid if proxy.local else None
                 self.sweep(
-                    "nginx", proxy.label, proxy.url, proxy.app_metrics_url, app_pid, proxy.pid
+                    "nginx",
+                    proxy.label,
+                    proxy.url,
+                    proxy.app_metrics_url,
+                    proxy.app_pid(pid),
+                    proxy.pid,
                 )
             if proxy is not None and proxy.local:
                 # The same server direct again: the sweep's Nginx ratio compares with the
