@@ -101,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="model-only sentences/s per variant (no HTTP)",
         description="Variants are '+'-joined tokens: fp32, int8 (dynamic quantization of "
         "Linear layers), sdpa|eager (attention), padN (pad to a multiple of N), tN (torch "
-        "threads), bf16, aten (torch's own Linear kernels, not the app's oneDNN ones). Example: "
-        "--variants fp32,aten,int8,eager,pad8,t1,int8+pad8",
+        "threads), bf16, aten (torch's own Linear kernels, not the app's oneDNN ones), wN (N "
+        "parallel streams), cuda (on the GPU), fp16 (CUDA only). Examples: "
+        "--variants fp32,aten,int8,eager,pad8,t1,int8+pad8 or cuda+fp16+pad8,cuda+bf16+pad8",
     )
     model.add_argument("--model", help="model folder (default $MODEL_PATH, else model/default)")
     model.add_argument("--variants", default="fp32", help="comma-separated variant specs")
@@ -138,7 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from bench.model_only import MODES, measure_variants, parse_variant, versions
+    from bench.model_only import (
+        MODES,
+        VariantUnavailable,
+        measure_variants,
+        parse_variant,
+        versions,
+    )
     from bench.sysinfo import load_average
 
     path = _model_path(args.model)
@@ -150,27 +157,35 @@ def cmd_model(args: argparse.Namespace) -> int:
     if bad:
         print(f"unknown modes {bad}; choose from {MODES}", file=sys.stderr)
         return 2
-    variants = [parse_variant(v) for v in args.variants.split(",") if v.strip()]
+    try:
+        variants = [parse_variant(v) for v in args.variants.split(",") if v.strip()]
+    except ValueError as exc:
+        print(f"--variants: {exc}", file=sys.stderr)
+        return 2
     corpus = build_corpus(args.corpus_size, args.corpus_seed)
     texts = [s.text for s in corpus]
     print(
         f"model {path}; {len(texts)} sentences; {args.seconds:g} s per mode; "
         f"{args.repeat} round(s); load average {load_average()}"
     )
-    results = measure_variants(
-        path,
-        variants,
-        texts,
-        modes=modes,
-        batch_size=args.batch_size,
-        seconds=args.seconds,
-        warmup_s=args.warmup_s,
-        threads=args.threads,
-        lone_threads=args.lone_threads,
-        max_length=args.max_length,
-        repeat=args.repeat,
-        progress=print if args.repeat > 1 else None,
-    )
+    try:
+        results = measure_variants(
+            path,
+            variants,
+            texts,
+            modes=modes,
+            batch_size=args.batch_size,
+            seconds=args.seconds,
+            warmup_s=args.warmup_s,
+            threads=args.threads,
+            lone_threads=args.lone_threads,
+            max_length=args.max_length,
+            repeat=args.repeat,
+            progress=print if args.repeat > 1 else None,
+        )
+    except VariantUnavailable as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     head = f"{'variant':24s} {'threads':>7s} {'streams':>7s} {'attn':>6s} "
     print(head + " ".join(f"{m:>14s}" for m in modes))
     for r in results:

@@ -28,6 +28,10 @@ MODE_HELP = {
 }
 
 
+class VariantUnavailable(RuntimeError):
+    """The variant cannot run on this machine (a CUDA variant without a GPU)."""
+
+
 @dataclass(frozen=True)
 class Variant:
     """One model configuration, written as tokens joined by '+', e.g. `int8+eager+pad8+t1`."""
@@ -42,12 +46,14 @@ class Variant:
     # The app's default kernels: float32 Linear layers on oneDNN (app/onednn.py); `aten`
     # keeps torch's own (the model as the seeds ran it).
     onednn: bool = True
+    device: str = "cpu"
 
 
 def parse_variant(spec: str) -> Variant:
     """Tokens: fp32|base, int8, sdpa|eager, padN (N>=2), tN|threadsN, wN (N parallel
     streams sharing the model, like the app's INFERENCE_WORKERS), bf16, aten (torch's own
-    Linear kernels instead of the app's oneDNN ones)."""
+    Linear kernels instead of the app's oneDNN ones), cuda (the model and each batch on the
+    GPU, inputs through pinned memory as the app does), fp16 (CUDA only)."""
     spec = spec.strip()
     if not spec:
         raise ValueError("empty variant")
@@ -58,6 +64,7 @@ def parse_variant(spec: str) -> Variant:
     dtype = "float32"
     streams = 1
     onednn = True
+    device = "cpu"
     for token in spec.lower().split("+"):
         if token in ("fp32", "base", "default"):
             continue
@@ -69,6 +76,10 @@ def parse_variant(spec: str) -> Variant:
             attn = token
         elif token == "bf16":
             dtype = "bfloat16"
+        elif token == "fp16":
+            dtype = "float16"
+        elif token == "cuda":
+            device = "cuda"
         elif token.startswith("pad") and token[3:].isdigit() and int(token[3:]) >= 2:
             pad = int(token[3:])
         elif token.startswith("threads") and token[7:].isdigit() and int(token[7:]) >= 1:
@@ -81,7 +92,11 @@ def parse_variant(spec: str) -> Variant:
             raise ValueError(f"unknown variant token {token!r} in {spec!r}")
     if int8 and dtype != "float32":
         raise ValueError("int8 dynamic quantization needs float32 weights")
-    return Variant(spec, int8, attn, pad, threads, dtype, streams, onednn)
+    if int8 and device == "cuda":
+        raise ValueError("int8 dynamic quantization runs on the CPU only")
+    if dtype == "float16" and device != "cuda":
+        raise ValueError("fp16 needs cuda (the app refuses DTYPE=float16 on CPU)")
+    return Variant(spec, int8, attn, pad, threads, dtype, streams, onednn, device)
 
 
 def cpu_cores() -> int:
@@ -138,6 +153,8 @@ class ModelRunner:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        if variant.device == "cuda" and not torch.cuda.is_available():
+            raise VariantUnavailable(f"variant {variant.spec!r} needs CUDA; torch sees no GPU")
         self.torch = torch
         self.variant = variant
         self.threads = variant.threads or threads
@@ -153,10 +170,12 @@ class ModelRunner:
         kwargs: dict[str, Any] = {}
         if variant.attn is not None:
             kwargs["attn_implementation"] = variant.attn
+        self.device = torch.device(variant.device)
         model = AutoModelForSequenceClassification.from_pretrained(str(model_path), **kwargs)
         model.eval()
-        if variant.dtype == "bfloat16":
-            model = model.to(torch.bfloat16)
+        if variant.dtype != "float32":
+            model = model.to(getattr(torch, variant.dtype))
+        model = model.to(self.device)
         if variant.int8:
             with warnings.catch_warnings():
                 # quantize_dynamic is deprecated in favour of torchao, which we do not ship.
@@ -166,10 +185,11 @@ class ModelRunner:
                 model = quantize_dynamic(  # type: ignore[no-untyped-call]
                     model, {torch.nn.Linear}, dtype=torch.qint8
                 )
+        cuda = self.device.type == "cuda"
         # Counted before the oneDNN swap, whose packed weights are not parameters.
         self.parameters = sum(int(p.numel()) for p in model.parameters())
         self.onednn_layers = 0
-        if variant.onednn and not variant.int8 and variant.dtype == "float32":
+        if variant.onednn and not variant.int8 and variant.dtype == "float32" and not cuda:
             from app.onednn import pack_linear_layers
 
             self.onednn_layers = pack_linear_layers(model)
@@ -198,9 +218,13 @@ class ModelRunner:
             return_tensors="pt",
         )
         t1 = time.perf_counter()
+        inputs = enc
+        if self.device.type == "cuda":
+            inputs = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in enc.items()}
         with torch.inference_mode():
-            logits = self.model(**enc).logits
-            logits.float().softmax(dim=-1)
+            logits = self.model(**inputs).logits
+            # .cpu() waits for the GPU: the time includes the copy back, as in the app.
+            logits.float().softmax(dim=-1).cpu()
         t2 = time.perf_counter()
         mask = enc["attention_mask"]
         return t1 - t0, t2 - t0, int(mask.sum().item()), int(mask.numel())
@@ -293,6 +317,7 @@ def _describe_runner(runner: ModelRunner, load_s: float, lengths: Sequence[int])
         "attn_implementation": runner.attn_implementation,
         "int8": runner.variant.int8,
         "dtype": runner.variant.dtype,
+        "device": runner.variant.device,
         "pad_multiple": runner.variant.pad_multiple,
         "streams": runner.variant.streams,
         "load_s": round(load_s, 3),

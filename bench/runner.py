@@ -728,19 +728,37 @@ def _rss_mib(pid: int) -> float | None:
 
 def ceiling_variant(workers: int, server_env: dict[str, str]) -> str:
     """The model-only variant that matches the server's settings (same model, same work)."""
-    tokens = ["fp32"]
-    quantize = (server_env.get("QUANTIZE") or os.environ.get("QUANTIZE") or "").lower()
-    dtype = (server_env.get("DTYPE") or os.environ.get("DTYPE") or "").lower()
-    if quantize == "int8":
-        tokens = ["int8"]
-    elif dtype in ("bfloat16", "bf16"):
-        tokens = ["bf16"]
-    linear = (server_env.get("ONEDNN_LINEAR") or os.environ.get("ONEDNN_LINEAR") or "").lower()
-    if linear == "off":
-        tokens.append("aten")
+
+    def setting(name: str) -> str:
+        return (server_env.get(name) or os.environ.get(name) or "").lower()
+
+    if server_device(server_env) == "cuda":
+        # The app's CUDA defaults: float16 unless DTYPE says otherwise, widths padded to 8.
+        dtype = {"bfloat16": "bf16", "bf16": "bf16", "float32": "fp32"}.get(
+            setting("DTYPE"), "fp16"
+        )
+        tokens = ["cuda", dtype, "pad8"]
+    else:
+        tokens = ["fp32"]
+        if setting("QUANTIZE") == "int8":
+            tokens = ["int8"]
+        elif setting("DTYPE") in ("bfloat16", "bf16"):
+            tokens = ["bf16"]
+        if setting("ONEDNN_LINEAR") == "off":
+            tokens.append("aten")
     if workers > 1:
         tokens.append(f"w{workers}")
     return "+".join(tokens)
+
+
+def server_device(server_env: dict[str, str]) -> str:
+    """ "cuda" or "cpu", as the app resolves DEVICE (auto: CUDA when torch sees a GPU)."""
+    requested = (server_env.get("DEVICE") or os.environ.get("DEVICE") or "auto").lower()
+    if requested == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if requested == "cuda" else "cpu"
 
 
 def server_parallelism(torch_threads: int | None, server_env: dict[str, str]) -> tuple[int, int]:
@@ -754,7 +772,7 @@ def server_parallelism(torch_threads: int | None, server_env: dict[str, str]) ->
 
     from app.classifier import default_workers  # the app's own rule for INFERENCE_WORKERS=0
 
-    workers = env_int("INFERENCE_WORKERS") or default_workers("cpu")
+    workers = env_int("INFERENCE_WORKERS") or default_workers(server_device(server_env))
     threads = torch_threads or env_int("TORCH_THREADS") or max(1, _cores() // workers)
     return workers, threads
 

@@ -100,7 +100,10 @@ def test_parse_variant() -> None:
     assert parse_variant("fp32") == parse_variant("fp32").__class__("fp32")
     assert parse_variant("threads2+sdpa").threads == 2
     assert parse_variant("bf16").dtype == "bfloat16"
-    for bad in ("", "int4", "pad1", "t0", "int8+bf16"):
+    gpu = parse_variant("cuda+fp16+pad8")
+    assert (gpu.device, gpu.dtype, gpu.pad_multiple) == ("cuda", "float16", 8)
+    assert parse_variant("fp32").device == "cpu"
+    for bad in ("", "int4", "pad1", "t0", "int8+bf16", "fp16", "cuda+int8"):
         with pytest.raises(ValueError):
             parse_variant(bad)
 
@@ -250,20 +253,38 @@ def test_streams_variant_and_server_parallelism(monkeypatch: pytest.MonkeyPatch)
     assert server_parallelism(None, {"INFERENCE_WORKERS": "2"}) == (2, 2)
     assert server_parallelism(3, {"INFERENCE_WORKERS": "2"}) == (2, 3)
     assert server_parallelism(None, {"TORCH_THREADS": "1", "INFERENCE_WORKERS": "1"}) == (1, 1)
+    # On CUDA the app runs one stream (default_workers("cuda")) with every core's threads.
+    assert server_parallelism(None, {"DEVICE": "cuda"}) == (1, 4)
 
 
 def test_ceiling_variant_follows_server_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from bench.runner import ceiling_variant
 
-    for name in ("QUANTIZE", "DTYPE", "ONEDNN_LINEAR"):
+    for name in ("QUANTIZE", "DTYPE", "ONEDNN_LINEAR", "DEVICE"):
         monkeypatch.delenv(name, raising=False)
     assert ceiling_variant(1, {}) == "fp32"
     assert ceiling_variant(2, {"QUANTIZE": "int8"}) == "int8+w2"
     assert ceiling_variant(1, {"DTYPE": "bfloat16"}) == "bf16"
     assert ceiling_variant(2, {"ONEDNN_LINEAR": "off"}) == "fp32+aten+w2"
-    for spec in ("fp32", "int8+w2", "bf16", "fp32+aten+w2"):
+    # The app's CUDA defaults: float16, widths padded to a multiple of 8.
+    assert ceiling_variant(1, {"DEVICE": "cuda"}) == "cuda+fp16+pad8"
+    assert ceiling_variant(1, {"DEVICE": "cuda", "DTYPE": "bfloat16"}) == "cuda+bf16+pad8"
+    assert ceiling_variant(1, {"DEVICE": "cpu", "QUANTIZE": "int8"}) == "int8"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert ceiling_variant(1, {}) == "cuda+fp16+pad8"  # DEVICE=auto with a GPU
+    for spec in ("fp32", "int8+w2", "bf16", "fp32+aten+w2", "cuda+fp16+pad8", "cuda+bf16+pad8"):
         parse_variant(spec)  # every generated spec must parse
     assert parse_variant("fp32").onednn and not parse_variant("aten").onednn
+
+
+def test_a_cuda_variant_without_a_gpu_fails_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from bench.model_only import ModelRunner
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="needs CUDA"):
+        ModelRunner(tmp_path, parse_variant("cuda+fp16"), threads=1, max_length=None)
 
 
 def test_ceiling_measured_before_and_after_is_averaged() -> None:
@@ -360,3 +381,13 @@ def test_nginx_target_takes_the_median_of_the_paired_rounds() -> None:
     assert evaluate(result)[0].measured.startswith("median of 3 paired rounds")
     text = markdown(result, evaluate(result))
     assert "| 2 | 180.0 | 160.0 | 89% | 160.0 | 155.0 | 97% |" in text
+
+
+def test_model_command_rejects_a_bad_variant_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.cli import main
+
+    assert main(["model", "--model", str(tmp_path), "--variants", "fp16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fp16 needs cuda" in err
