@@ -211,13 +211,17 @@ class Batcher:
                     return None
                 self._pending = [item for item in self._pending if not item.future.done()]
                 if self._pending and (index == 0 or self._primary_busy):
-                    break
+                    if not waited:
+                        break
+                    # Gathering releases the lock: another thread may take the texts (or
+                    # the batcher close) meanwhile, so check everything again afterwards.
+                    self._gather_more()
+                    waited = False
+                    continue
                 if not self._pending:
                     self._metrics.queue_depth.set(0)
                 self._work.wait()
                 waited = True
-            if waited:
-                self._gather_more()
             # Leave the idle threads their share: one pass of all the texts on two cores ran
             # at about two thirds of the speed of two one-core passes of half of them each.
             idle = max(1, self._limits.workers - self._busy)
@@ -286,7 +290,7 @@ class Batcher:
         live = [item for item in items if not item.future.done()]
         if not live:
             return _Outcome(items=items, scores=[None] * len(items), seconds=0.0, width=0)
-        width = padded_width(max(len(item.ids) for item in live), self._limits.pad_multiple)
+        width = self._width(live)
         start = time.perf_counter()
         try:
             scores, oom = self._forward_splitting(live, width, alone)
@@ -303,13 +307,18 @@ class Batcher:
             result = self._model.forward([item.ids for item in items], width, alone)
             return list(result), False
         except torch.OutOfMemoryError:
-            self._model.release_cached_memory()
-            if len(items) == 1:
-                return [None], True
-            half = len(items) // 2
-            left, _ = self._forward_splitting(items[:half], width, alone)
-            right, _ = self._forward_splitting(items[half:], width, alone)
-            return left + right, True
+            pass  # retry outside the handler: its traceback holds the failed pass's tensors
+        self._model.release_cached_memory()
+        if len(items) == 1:
+            return [None], True
+        half = len(items) // 2
+        # Each half pads only to its own longest text.
+        left, _ = self._forward_splitting(items[:half], self._width(items[:half]), alone)
+        right, _ = self._forward_splitting(items[half:], self._width(items[half:]), alone)
+        return left + right, True
+
+    def _width(self, items: Sequence[_Item]) -> int:
+        return padded_width(max(len(item.ids) for item in items), self._limits.pad_multiple)
 
     def _finish(self, outcome: _Outcome) -> None:
         """Back on the event loop: hand each text its scores or its error."""
