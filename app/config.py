@@ -16,7 +16,11 @@ class Settings(BaseSettings):
     """Configuration read from the environment (and `.env`); names match case-insensitively."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_ignore_empty=True, extra="ignore", protected_namespaces=()
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+        protected_namespaces=(),
+        allow_inf_nan=False,  # "inf" parses as a float; no timeout or limit here means that
     )
 
     # Model runtime
@@ -96,7 +100,10 @@ class Settings(BaseSettings):
         256, ge=1, description="texts waiting for the model before new ones get 503"
     )
     request_timeout_s: float = Field(
-        10.0, gt=0, description="deadline per request; queued work past it is dropped (504)"
+        10.0,
+        gt=0,
+        le=3600,
+        description="deadline per request; queued work past it is dropped (504)",
     )
 
     # Request limits
@@ -108,13 +115,16 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
     keep_alive_s: int = Field(
-        75, ge=1, description="idle keep-alive; keep above the proxy's upstream keepalive_timeout"
+        75,
+        ge=1,
+        le=3600,
+        description="idle keep-alive; keep above the proxy's upstream keepalive_timeout",
     )
     forwarded_allow_ips: str = Field(
         "127.0.0.1", description="proxies trusted for X-Forwarded-For ('*' inside Compose)"
     )
     graceful_timeout_s: float = Field(
-        15.0, gt=0, description="on SIGTERM: time allowed for in-flight work before exit"
+        15.0, gt=0, le=3600, description="on SIGTERM: time allowed for in-flight work before exit"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_json: bool = Field(False, description="JSON lines instead of plain text logs")
@@ -139,6 +149,18 @@ class Settings(BaseSettings):
             )
         if self.selftest_path is not None and not self.selftest_path.is_file():
             raise ValueError(f"SELFTEST_PATH={self.selftest_path} does not exist")
+        return self
+
+    @model_validator(mode="after")
+    def _check_request_fits_the_queue(self) -> Settings:
+        # A request is admitted whole or not at all: one larger than the queue would get
+        # 503 "retry later" forever.
+        if self.max_items_per_request > self.max_queue_size:
+            raise ValueError(
+                f"MAX_ITEMS_PER_REQUEST={self.max_items_per_request} is above "
+                f"MAX_QUEUE_SIZE={self.max_queue_size}: such a request could never be queued; "
+                "lower the first or raise the second"
+            )
         return self
 
     @property

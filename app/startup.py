@@ -36,10 +36,16 @@ async def in_daemon_thread(fn: Callable[[], T]) -> T:
     future: Future[T] = Future()
 
     def target() -> None:
+        # Once running, the future cannot be cancelled (a shutdown during the load only
+        # cancels the awaiting side), so setting the result below never raises.
+        if not future.set_running_or_notify_cancel():
+            return
         try:
-            future.set_result(fn())
+            result = fn()
         except BaseException as exc:
             future.set_exception(exc)
+        else:
+            future.set_result(result)
 
     threading.Thread(target=target, name="model-load", daemon=True).start()
     return await asyncio.wrap_future(future)

@@ -97,7 +97,10 @@ async def test_idle_service_runs_a_lone_request_at_once(start_app, settings_for)
 
 async def test_full_queue_answers_503_with_retry_after(start_app, settings_for) -> None:
     recorder = Recorder(delay_s=0.2)
-    api = await start_app(settings_for(max_queue_size=4, max_batch_size=2), loader=recorder.loader)
+    api = await start_app(
+        settings_for(max_queue_size=4, max_items_per_request=4, max_batch_size=2),
+        loader=recorder.loader,
+    )
     responses = await asyncio.gather(*(_post(api.client, "good") for _ in range(20)))
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 503} and statuses.count(503) > 0 and statuses.count(200) >= 4
@@ -109,9 +112,22 @@ async def test_full_queue_answers_503_with_retry_after(start_app, settings_for) 
 
 
 async def test_a_batch_request_counts_every_text_against_the_queue(start_app, settings_for) -> None:
-    api = await start_app(settings_for(max_queue_size=3))
+    recorder = Recorder()
+    api = await start_app(
+        settings_for(max_queue_size=4, max_items_per_request=4, inference_workers=1),
+        loader=recorder.loader,
+    )
+    recorder.gate.clear()  # the model holds its next pass
+    running = asyncio.create_task(_post(api.client, "good"))
+    await asyncio.sleep(0.2)  # taken by the inference thread, which now waits on the gate
+    queued = asyncio.create_task(_post(api.client, "bad"))
+    await asyncio.sleep(0.2)
+    # One text queued: four more would make five, over the limit of four.
     response = await api.client.post("/predict", json={"texts": ["good"] * 4})
     assert response.status_code == 503 and response.json()["error_type"] == "overloaded"
+    recorder.gate.set()
+    assert (await running).status_code == 200 and (await queued).status_code == 200
+    assert (await api.client.post("/predict", json={"texts": ["good"] * 4})).status_code == 200
 
 
 async def test_missed_deadline_is_504_and_the_work_is_dropped(start_app, settings_for) -> None:

@@ -1,5 +1,6 @@
-"""The inference threads' own logic, driven directly with a fake model: races between threads
-taking work, and the out-of-memory retry (faults a real model cannot be made to show)."""
+"""Thread logic driven directly with fakes: races between the inference threads
+taking work, the out-of-memory retry, a model load cancelled by shutdown (faults a real
+model cannot be made to show)."""
 
 from __future__ import annotations
 
@@ -111,3 +112,30 @@ def test_a_thread_that_lost_the_gathered_texts_waits_again(padding_free: bool) -
         assert sorted(map(str, taken.values())) == ["1", "None"]
 
     asyncio.run(run())
+
+
+def test_a_load_cancelled_by_shutdown_ends_its_thread_quietly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.startup import in_daemon_thread
+
+    errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    finished = threading.Event()
+
+    def slow_load() -> str:
+        time.sleep(0.2)
+        finished.set()
+        return "loaded"
+
+    async def run() -> None:
+        task = asyncio.create_task(in_daemon_thread(slow_load))
+        await asyncio.sleep(0.05)
+        task.cancel()  # what a shutdown during the model load does
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert finished.wait(5)
+    time.sleep(0.1)  # let the thread hand over its result
+    assert errors == []

@@ -39,6 +39,24 @@ def test_bounds_are_checked(tiny_model: Path) -> None:
     assert "MAX_BATCH_SIZE" in line and "PORT" in line
 
 
+def test_infinite_or_unbounded_timeouts_are_refused(tiny_model: Path) -> None:
+    with pytest.raises(ValidationError) as info:
+        make_settings(tiny_model, graceful_timeout_s=float("inf"), request_timeout_s=float("nan"))
+    line = describe_error(info.value)
+    assert "GRACEFUL_TIMEOUT_S" in line and "REQUEST_TIMEOUT_S" in line
+    with pytest.raises(ValidationError, match=r"less than or equal to 3600"):
+        make_settings(tiny_model, keep_alive_s=10**9)
+
+
+def test_a_request_larger_than_the_queue_is_a_settings_error(tiny_model: Path) -> None:
+    with pytest.raises(ValidationError) as info:
+        make_settings(tiny_model, max_queue_size=16, max_items_per_request=64)
+    line = describe_error(info.value)
+    assert "MAX_ITEMS_PER_REQUEST=64" in line and "MAX_QUEUE_SIZE=16" in line
+    assert "\n" not in line
+    make_settings(tiny_model, max_queue_size=16, max_items_per_request=16)
+
+
 def test_environment_variables_are_read(tiny_model: Path, monkeypatch) -> None:
     monkeypatch.setenv("MODEL_PATH", str(tiny_model))
     monkeypatch.setenv("MAX_BATCH_SIZE", "7")

@@ -154,7 +154,7 @@ def test_a_client_that_hangs_up_is_dropped(server: ServerProcess) -> None:
 
 
 def test_overload_answers_every_request(model_path: Path, spawn) -> None:
-    server = spawn(model_path, MAX_QUEUE_SIZE="16", MAX_BATCH_SIZE="8")
+    server = spawn(model_path, MAX_QUEUE_SIZE="16", MAX_ITEMS_PER_REQUEST="16", MAX_BATCH_SIZE="8")
     server.wait_ready()
 
     async def flood() -> list[httpx.Response | BaseException]:
