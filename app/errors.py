@@ -167,7 +167,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal server error", "internal", _request_id(request))
+    request_id = _request_id(request)
+    response = error_response(500, "internal server error", "internal", request_id)
+    # Starlette answers from its outermost middleware here, outside the one that adds the
+    # header to every other response.
+    if request_id is not None:
+        response.headers["X-Request-ID"] = request_id
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -109,5 +109,9 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(InFlightMiddleware, lifecycle=app.state.lifecycle, metrics=app.state.metrics)
-    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=app.state.metrics,
+        known_paths=frozenset(getattr(r, "path", "") for r in app.routes),
+    )
     return app

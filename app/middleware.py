@@ -36,9 +36,14 @@ def _new_request_id() -> str:
 class RequestContextMiddleware:
     """Echo or create X-Request-ID, count and time every request, log one line (no content)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, known_paths: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        # A request refused before routing (413) still counts under its route when the path
+        # is one of the app's; anything else is "unmatched", so the label set stays bounded.
+        self.known_paths = known_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,7 +71,9 @@ class RequestContextMiddleware:
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
+            path = getattr(route, "path", None) or (
+                scope["path"] if scope["path"] in self.known_paths else "unmatched"
+            )
             self.metrics.requests.labels(path, str(status)).inc()
             self.metrics.request_duration.labels(path).observe(elapsed)
             if path not in _QUIET_ROUTES or status >= 400:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
@@ -62,12 +63,12 @@ def _error(description: str) -> dict[str, Any]:
 
 
 _PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _error("The body is not decodable (for example invalid UTF-8)."),
     413: _error("The body is larger than MAX_BODY_BYTES."),
     415: _error("The body was sent with a Content-Type other than JSON."),
     422: _error(
-        "Invalid request: missing or empty text, wrong types, unknown fields, too many items, "
-        "text too long, lone surrogates, or too many tokens with truncate=false."
+        "Invalid request: body not JSON (or not UTF-8), missing or empty text, a text with "
+        "nothing readable, wrong types, unknown fields, too many items, text too long, lone "
+        "surrogates, or too many tokens with truncate=false."
     ),
     499: {"description": "The client closed the connection; nothing is sent."},
     500: _error("An unexpected server fault (never caused by input)."),
@@ -140,7 +141,11 @@ async def _read_predict_request(request: Request) -> PredictRequest:
     if content_type and not content_type.endswith(("/json", "+json")):
         raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
     try:
-        return PredictRequest.model_validate_json(await request.body())
+        raw = await request.body()
+    except ClientDisconnect:  # hung up mid-upload: not a server error
+        raise ClientGone from None
+    try:
+        return PredictRequest.model_validate_json(raw)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
 
@@ -156,7 +161,12 @@ async def predict(request: Request) -> Response:
     start = time.perf_counter()
     lifecycle: Lifecycle = request.app.state.lifecycle
     service = lifecycle.require_service(request.scope["state"].get("admitted_before_drain", False))
-    body = await _read_predict_request(request)
+    try:
+        body = await _read_predict_request(request)
+    except ClientGone:
+        # The texts never arrived, so count the request as one.
+        request.app.state.metrics.rejections.labels("client_gone").inc()
+        return Response(status_code=499)
     try:
         results = await _unless_disconnected(
             request,

@@ -191,7 +191,8 @@ class ModelInfoResponse(BaseModel):
 class ErrorResponse(BaseModel):
     error: str = Field(description="what went wrong; never contains the input")
     error_type: str = Field(
-        description="validation, too_large, overloaded, not_ready, draining, "
-        "resource_exhausted, timeout, not_found, method_not_allowed, bad_request, internal"
+        description="validation, too_large, unsupported_media_type, overloaded, not_ready, "
+        "draining, resource_exhausted, timeout, not_found, method_not_allowed, bad_request, "
+        "http_error, internal"
     )
     request_id: str | None
