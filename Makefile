@@ -15,8 +15,15 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
+# PyPI's Linux torch wheels are CUDA builds (GBs of nvidia-* wheels); the service runs on the
+# CPU build, which pip prefers (2.13.0+cpu sorts above 2.13.0) when this index is offered.
+# Empty: no extra index (a mirror that serves the +cpu wheel, or a local wheelhouse).
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --retries 1 $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) \
+		"$$(grep -E '^torch==' requirements.txt)"
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
@@ -30,7 +37,10 @@ venv-dev: $(VENV)/.dev ## add test and lint tools
 model: $(VENV)/.runtime ## build (or reuse from cache) the default model into model/default
 	$(PY) -m model.build --out $(MODEL_DIR)
 
-run: venv model ## serve the default model on port $(PORT)
+# Another folder: `make run MODEL_DIR=models/x`; only the default folder is built first (a
+# build would overwrite a fetched model).
+run: venv ## serve the default model (or MODEL_DIR) on port $(PORT)
+	$(if $(filter model/default,$(MODEL_DIR)),$(MAKE) --no-print-directory model)
 	MODEL_PATH=$(MODEL_DIR) PORT=$(PORT) $(PY) -m app
 
 lint: venv-dev ## ruff and mypy
@@ -56,6 +66,7 @@ bench-tools: ## load generators for the benchmark: wrk, nginx (apt) and loadtest
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	command -v nginx >/dev/null || (printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d \
 		&& chmod +x /usr/sbin/policy-rc.d && apt-get install -y -q nginx; rm -f /usr/sbin/policy-rc.d)
+	command -v npm >/dev/null || (apt-get update -q && apt-get install -y -q nodejs npm)
 	command -v loadtest >/dev/null || npm install -g loadtest@8.2.1
 
 bench: venv-dev model bench-tools ## full benchmark against a local server (see BENCHMARKS.md)

@@ -94,6 +94,24 @@ def test_compose_file_contract() -> None:
     assert "version" not in _compose("docker-compose.yml")
 
 
+def test_compose_passes_every_app_setting() -> None:
+    """What .env.example says: each app setting in .env reaches the container, except the
+    ones the stack sets itself (and the host path SELFTEST_PATH)."""
+    from app.config import Settings
+
+    services = _compose("docker-compose.yml")["services"]
+    assert isinstance(services, dict)
+    environment = services["app"]["environment"]
+    fixed = {"MODEL_PATH", "HOST", "PORT", "KEEP_ALIVE_S", "FORWARDED_ALLOW_IPS"}
+    for name in (field.upper() for field in Settings.model_fields):
+        if name == "SELFTEST_PATH":
+            assert name not in environment
+        elif name in fixed:
+            assert name in environment and "${" not in str(environment[name])
+        else:
+            assert f"${{{name}:-" in str(environment.get(name)), f"{name} never reaches the app"
+
+
 def test_ci_override_only_changes_the_build() -> None:
     ci = _compose("docker-compose.ci.yml")["services"]
     assert isinstance(ci, dict)
@@ -147,7 +165,7 @@ def test_compose_config_accepted_by_docker_compose(engine: None, files: list[str
     assert result.returncode == 0, result.stderr
 
 
-def _nginx_run(*extra: str, name: str) -> list[str]:
+def _nginx_run(*extra: str, name: str, tmpfs: str = "128m") -> list[str]:
     """`docker run` for Nginx with the real nginx.conf, hardened as in Compose."""
     return [
         "docker",
@@ -158,7 +176,7 @@ def _nginx_run(*extra: str, name: str) -> list[str]:
         "101:101",
         "--read-only",
         "--tmpfs",
-        "/tmp:size=32m,mode=1777",
+        f"/tmp:size={tmpfs},mode=1777",
         "--cap-drop",
         "ALL",
         "--security-opt",
@@ -208,7 +226,8 @@ def _wait_http(url: str) -> None:
 
 @pytest.mark.e2e
 def test_nginx_json_502_and_504(engine: None, containers: list[str]) -> None:
-    """nginx.conf's own error pages: app unreachable (502), app silent (504)."""
+    """nginx.conf's own error pages: app unreachable (502), body buffer full (500), app
+    silent (504)."""
     require(_image_present(NGINX_IMAGE), f"{NGINX_IMAGE} absent")
     require(_image_present(PYTHON_IMAGE), f"{PYTHON_IMAGE} absent")
     # 502: nothing listens where "app" points.
@@ -237,6 +256,30 @@ def test_nginx_json_502_and_504(engine: None, containers: list[str]) -> None:
         "request_id": "e2e-502",
     }
     assert response.headers["x-request-id"] == "e2e-502"
+
+    # 500: the body buffer's tmpfs is full (here: far too small for a 900 KB body).
+    port = _free_port()
+    name = f"textclf-nginx-500-{uuid.uuid4().hex[:8]}"
+    containers.append(name)
+    run(
+        [
+            *_nginx_run(
+                "-d", "--add-host", "app:127.0.0.1", "-p", f"127.0.0.1:{port}:8080",
+                name=name, tmpfs="256k",
+            ),
+            NGINX_IMAGE,
+        ]
+    )  # fmt: skip
+    _wait_http(f"http://127.0.0.1:{port}/metrics")
+    response = httpx.post(
+        f"http://127.0.0.1:{port}/predict",
+        json={"text": "x" * 900_000},
+        headers={"X-Request-ID": "e2e-500"},
+        timeout=10,
+    )
+    assert response.status_code == 500
+    assert response.json()["error_type"] == "internal"
+    assert response.headers["x-request-id"] == "e2e-500"
 
     # 504: an upstream that accepts and never answers; Nginx gives up after
     # proxy_read_timeout (15 s, longer than the app's own 10 s deadline).
