@@ -171,9 +171,6 @@ class HFClassifier:
         )
         self.activation = activation_for(config.problem_type, config.num_labels)
         self.max_length = self._max_length(settings.max_length)
-        # Tokens every encoding carries ([CLS] and [SEP] for BERT): a text with no more than
-        # these has nothing in it the model can read.
-        self.special_tokens = int(self._tokenizer.num_special_tokens_to_add(pair=False))
         self._tokenizer_lock = threading.Lock()
         self._encoders = self._fixed_encoders()
         pad_id = self._tokenizer.pad_token_id

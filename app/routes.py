@@ -66,9 +66,9 @@ _PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
     413: _error("The body is larger than MAX_BODY_BYTES."),
     415: _error("The body was sent with a Content-Type other than JSON."),
     422: _error(
-        "Invalid request: body not JSON (or not UTF-8), missing or empty text, a text with "
-        "nothing readable, wrong types, unknown fields, too many items, text too long, lone "
-        "surrogates, or too many tokens with truncate=false."
+        "Invalid request: body not JSON (or not UTF-8), missing or empty text, wrong types, "
+        "unknown fields, too many items, text too long, lone surrogates, or too many tokens "
+        "with truncate=false."
     ),
     499: {"description": "The client closed the connection; nothing is sent."},
     500: _error("An unexpected server fault (never caused by input)."),

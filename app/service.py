@@ -98,11 +98,6 @@ class ClassificationService:
         limit = self.classifier.max_length
         for index, enc in enumerate(encoded):
             self._metrics.input_tokens.observe(enc.num_tokens)
-            if enc.num_tokens <= self.classifier.special_tokens:
-                raise InvalidInput(
-                    f"{_field(index, len(texts))}: no text the model can read (only control, "
-                    "invisible or combining characters)"
-                )
             if enc.truncated:
                 self._metrics.truncated.inc()
             elif enc.num_tokens > limit:
