@@ -213,10 +213,12 @@ class Batcher:
                 if self._pending and (index == 0 or self._primary_busy):
                     if not waited:
                         break
-                    # Gathering releases the lock: another thread may take the texts (or
-                    # the batcher close) meanwhile, so check everything again afterwards.
+                    # Gathering releases the lock: another thread may have taken every text
+                    # (or the batcher closed) meanwhile; then wait again.
                     self._gather_more()
                     waited = False
+                    if self._pending:
+                        break
                     continue
                 if not self._pending:
                     self._metrics.queue_depth.set(0)
