@@ -48,6 +48,12 @@ class Lifecycle:
             self.phase = Phase.DRAINING
 
     @property
+    def stalled(self) -> bool:
+        """Loaded, but an inference thread has died: nothing will ever be served again."""
+        service = self.service
+        return self.phase is Phase.READY and service is not None and not service.batcher.alive
+
+    @property
     def is_ready(self) -> bool:
         service = self.service
         return self.phase is Phase.READY and service is not None and service.batcher.alive
@@ -65,6 +71,8 @@ class Lifecycle:
             raise Draining("the service is shutting down; retry on another replica", retry_after=1)
         if not self.is_ready or self.service is None:
             detail = "the model failed to load" if self.phase is Phase.FAILED else "loading"
+            if self.stalled:
+                detail = "the inference threads have stopped"
             raise NotReady(f"the model is not ready ({detail})", retry_after=5)
         return self.service
 

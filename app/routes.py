@@ -184,14 +184,28 @@ async def predict(request: Request) -> Response:
     return JSONBytes({"predictions": [_prediction(r) for r in results]} | meta)
 
 
-@router.get("/health", summary="Liveness: the process serves requests")
-async def health(lifecycle: LifecycleDep) -> HealthResponse:
+_STALLED = "the inference threads have stopped; restart the process"
+
+
+@router.get(
+    "/health",
+    summary="Liveness: the process serves requests",
+    response_model=HealthResponse,
+    responses={503: _error("An inference thread has died: restart the process.")},
+)
+async def health(request: Request, lifecycle: LifecycleDep) -> Response:
+    # Loading or draining is still alive; only a loaded service that can never answer again
+    # fails, so that an orchestrator restarts it.
+    if lifecycle.stalled:
+        return error_response(503, _STALLED, "internal", request.state.request_id)
     service = lifecycle.service
-    return HealthResponse(
-        status="ok",
-        model_loaded=service is not None,
-        device=service.classifier.info.device if service is not None else None,
-        phase=lifecycle.phase.value,
+    return JSONBytes(
+        HealthResponse(
+            status="ok",
+            model_loaded=service is not None,
+            device=service.classifier.info.device if service is not None else None,
+            phase=lifecycle.phase.value,
+        ).model_dump()
     )
 
 
@@ -204,7 +218,7 @@ async def ready(request: Request, lifecycle: LifecycleDep) -> Response:
     if lifecycle.is_ready:
         return JSONBytes(ReadyResponse(status="ready").model_dump())
     kind = "draining" if lifecycle.phase is Phase.DRAINING else "not_ready"
-    message = f"not ready: {lifecycle.phase.value}"
+    message = _STALLED if lifecycle.stalled else f"not ready: {lifecycle.phase.value}"
     return error_response(503, message, kind, request.state.request_id, retry_after=5)
 
 

@@ -206,6 +206,24 @@ async def test_probes_and_model_info(api) -> None:
     assert info["onednn_linear_layers"] == 2 * 4 + 2
 
 
+async def test_a_dead_inference_thread_fails_liveness(api) -> None:
+    """A loaded service whose inference thread died can never answer again: /health says so
+    (an orchestrator restarts it) instead of 200 forever, and /ready and /predict name why."""
+    import threading
+
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    api.app.state.lifecycle.service.batcher._threads.append(dead)
+    health = _assert_error(await api.client.get("/health"), 503, "internal")
+    assert "inference threads have stopped" in health["error"]
+    ready = _assert_error(await api.client.get("/ready"), 503, "not_ready")
+    assert "inference threads have stopped" in ready["error"]
+    predict = await api.client.post("/predict", json={"text": "good"})
+    assert "inference threads have stopped" in _assert_error(predict, 503, "not_ready")["error"]
+    api.app.state.lifecycle.service.batcher._threads.remove(dead)
+
+
 async def test_metrics_count_requests_and_predictions(api) -> None:
     await api.client.post("/predict", json={"texts": ["good", "bad"]})
     await api.client.post("/predict", json={"text": ""})
