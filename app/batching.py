@@ -40,6 +40,9 @@ class BatchLimits:
     max_wait_s: float
     max_queue: int
     pad_multiple: int = 1
+    # Rounding up to pad_multiple never goes past the model's token limit (its position
+    # table may not be a multiple of 8).
+    max_width: int | None = None
     workers: int = 1
     # The model runs real tokens only (app/unpadded.py): lengths need not match within a batch.
     padding_free: bool = False
@@ -306,8 +309,10 @@ class Batcher:
     ) -> tuple[list[FloatArray | None], bool]:
         """Forward pass; on device out-of-memory retry in halves, failing only single rows."""
         try:
-            result = self._model.forward([item.ids for item in items], width, alone)
-            return list(result), False
+            result = list(self._model.forward([item.ids for item in items], width, alone))
+            if len(result) != len(items):  # fail the batch now, not at each request's deadline
+                raise RuntimeError(f"the model returned {len(result)} rows for {len(items)} texts")
+            return result, False
         except torch.OutOfMemoryError:
             pass  # retry outside the handler: its traceback holds the failed pass's tensors
         self._model.release_cached_memory()
@@ -320,7 +325,10 @@ class Batcher:
         return left + right, True
 
     def _width(self, items: Sequence[_Item]) -> int:
-        return padded_width(max(len(item.ids) for item in items), self._limits.pad_multiple)
+        longest = max(len(item.ids) for item in items)
+        width = padded_width(longest, self._limits.pad_multiple)
+        limit = self._limits.max_width
+        return width if limit is None else max(longest, min(width, limit))
 
     def _finish(self, outcome: _Outcome) -> None:
         """Back on the event loop: hand each text its scores or its error."""

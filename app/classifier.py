@@ -197,7 +197,8 @@ class HFClassifier:
         positions = getattr(self._model.config, "max_position_embeddings", None)
         if isinstance(positions, int):
             limits.append(positions)
-        model_limit = min(x for x in limits if x < _SANE_MAX_LENGTH) if limits else 512
+        sane = [x for x in limits if x < _SANE_MAX_LENGTH]
+        model_limit = min(sane) if sane else 512  # neither the tokenizer nor the config says
         if requested is None:
             return model_limit
         if requested > model_limit:

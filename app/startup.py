@@ -187,6 +187,7 @@ def build_service(
         max_wait_s=settings.max_batch_wait_ms / 1000,
         max_queue=settings.max_queue_size,
         pad_multiple=8 if classifier.device.type == "cuda" else 1,
+        max_width=classifier.max_length,
         workers=classifier.workers,
         padding_free=classifier.padding_free,
     )

@@ -139,3 +139,48 @@ def test_a_load_cancelled_by_shutdown_ends_its_thread_quietly(
     assert finished.wait(5)
     time.sleep(0.1)  # let the thread hand over its result
     assert errors == []
+
+
+class Recording(Instant):
+    def __init__(self, rows_back: int | None = None) -> None:
+        self.widths: list[int] = []
+        self.rows_back = rows_back
+
+    def forward(self, rows: Sequence[Sequence[int]], width: int, alone: bool = False) -> FloatArray:
+        self.widths.append(width)
+        n = len(rows) if self.rows_back is None else self.rows_back
+        return np.zeros((n, 3), dtype=np.float32)
+
+
+def _items(loop: asyncio.AbstractEventLoop, *lengths: int) -> list[_Item]:
+    return [_Item(ids=[1] * n, future=loop.create_future()) for n in lengths]
+
+
+def test_padding_to_a_multiple_stops_at_the_model_limit() -> None:
+    """A position table of 514 (not a multiple of 8): a 514-token text runs at width 514,
+    not 520, which would index past the table."""
+    model = Recording()
+    limits = BatchLimits(
+        max_rows=8, max_tokens=10_000, max_wait_s=0, max_queue=100, pad_multiple=8,
+        max_width=514,
+    )  # fmt: skip
+    batcher = Batcher(model, limits, Metrics(), CostModel())
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        batcher._forward_batch(_items(loop, 514, 3))
+        batcher._forward_batch(_items(loop, 500))
+
+    asyncio.run(run())
+    assert model.widths == [514, 504]
+
+
+def test_a_model_returning_the_wrong_number_of_rows_fails_its_batch_at_once() -> None:
+    limits = BatchLimits(max_rows=8, max_tokens=1000, max_wait_s=0, max_queue=100)
+    batcher = Batcher(Recording(rows_back=1), limits, Metrics(), CostModel())
+
+    async def run() -> None:
+        outcome = batcher._forward_batch(_items(asyncio.get_running_loop(), 3, 4))
+        assert outcome.error is not None and "1 rows for 2 texts" in str(outcome.error)
+
+    asyncio.run(run())
