@@ -25,6 +25,10 @@ _IDLE_GAP_S = 0.05  # after this long without a batch, the next text runs at onc
 _RATE_SMOOTHING = 0.2
 
 
+def _smooth(old: float, new: float) -> float:
+    return new if old == 0 else (1 - _RATE_SMOOTHING) * old + _RATE_SMOOTHING * new
+
+
 class BatchModel(Protocol):
     def forward(
         self, rows: Sequence[Sequence[int]], width: int, alone: bool = False
@@ -97,7 +101,10 @@ class Batcher:
         self._last_end = 0.0
         self._busy = 0  # inference threads between taking a batch and finishing it
         self._primary_busy = False  # inference thread 0, the only one that runs passes alone
-        self._rate = 0.0  # texts per second of model time, smoothed
+        # Real tokens per second over all workers, and tokens per text, both smoothed: texts
+        # differ a hundredfold in length, so tokens are the measure of queued work.
+        self._token_rate = 0.0
+        self._tokens_per_text = 0.0
 
     @property
     def queued(self) -> int:
@@ -131,9 +138,13 @@ class Batcher:
         self._metrics.queue_depth.set(0)
 
     def retry_after(self, extra: int = 0) -> int:
-        """Seconds until the queue, plus `extra` texts, should have drained at the recent rate."""
-        rate = self._rate if self._rate > 0 else 1.0
-        return max(1, min(60, math.ceil((self.queued + extra) / rate)))
+        """Seconds until the queued tokens, plus `extra` texts of the recent mean length,
+        should have run at the recent token rate (1 text/s before anything was measured)."""
+        if self._token_rate <= 0:
+            return max(1, min(60, self.queued + extra))
+        queued = sum(len(item.ids) for item in self._pending)
+        work = queued + extra * self._tokens_per_text
+        return max(1, min(60, math.ceil(work / self._token_rate)))
 
     def check_capacity(self, count: int) -> None:
         if self._closed:
@@ -365,7 +376,6 @@ class Batcher:
         m.padding_efficiency.observe(real_tokens / padded if padded else 1.0)
         m.inference.observe(seconds)
         if seconds > 0:
-            rate = rows / seconds * self._limits.workers  # passes overlap
-            self._rate = rate if self._rate == 0 else (
-                (1 - _RATE_SMOOTHING) * self._rate + _RATE_SMOOTHING * rate
-            )  # fmt: skip
+            rate = real_tokens / seconds * self._limits.workers  # passes overlap
+            self._token_rate = _smooth(self._token_rate, rate)
+            self._tokens_per_text = _smooth(self._tokens_per_text, real_tokens / rows)

@@ -184,3 +184,19 @@ def test_a_model_returning_the_wrong_number_of_rows_fails_its_batch_at_once() ->
         assert outcome.error is not None and "1 rows for 2 texts" in str(outcome.error)
 
     asyncio.run(run())
+
+
+def test_retry_after_counts_the_queued_tokens_not_the_texts() -> None:
+    """Recent passes ran short texts (100 tokens each, 400 tokens/s); eight 500-token texts
+    queued take ten seconds, not the two that a texts-per-second rate would promise."""
+    limits = BatchLimits(max_rows=8, max_tokens=10_000, max_wait_s=0, max_queue=100)
+    batcher = Batcher(Instant(), limits, Metrics(), CostModel())
+    assert batcher.retry_after(3) == 3  # nothing measured yet: one text a second
+    batcher._record_batch(rows=4, width=100, real_tokens=400, seconds=1.0)
+
+    async def run() -> None:
+        batcher._pending.extend(_items(asyncio.get_running_loop(), *[500] * 8))
+        assert batcher.retry_after() == 10
+        assert batcher.retry_after(4) == 11  # plus four texts of the recent mean length
+
+    asyncio.run(run())
