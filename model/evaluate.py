@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -58,21 +59,31 @@ def predict(
     batch_size: int = 64,
     max_length: int = 128,
 ) -> list[int]:
-    """Argmax class ids, batched by token count (sorted) and returned in input order."""
+    """Argmax class ids, in input order."""
+    scores = logits(model, tokenizer, texts, batch_size, max_length)
+    return [int(p) for p in scores.argmax(dim=-1).tolist()]
+
+
+def logits(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    batch_size: int = 64,
+    max_length: int = 128,
+) -> torch.Tensor:
+    """One row of class logits per text, batched by token count (sorted), in input order."""
     import torch
 
     model.train(False)
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-    preds = [0] * len(texts)
+    out = torch.zeros(len(texts), int(model.config.num_labels or 0))
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             enc = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-            logits = model(**enc).logits
-            for i, p in zip(idx, logits.argmax(dim=-1).tolist(), strict=True):
-                preds[i] = int(p)
-    return preds
+            out[idx] = model(**enc).logits.float()
+    return out
 
 
 def label_ids(labels: Sequence[int | str], label2id: dict[str, int]) -> list[int]:

@@ -14,36 +14,17 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from model.data import load_split
+from model.evaluate import load_folder, logits
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-def probabilities(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]
-) -> torch.Tensor:
-    """Softmax rows in input order, batched by token count like model.evaluate.predict."""
-    import torch
-
-    model.train(False)
-    ids = tokenizer(list(texts), truncation=True, max_length=128)["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-    out = torch.zeros(len(texts), model.config.num_labels or 0)
-    with torch.inference_mode():
-        for start in range(0, len(order), 64):
-            idx = order[start : start + 64]
-            enc = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-            out[idx] = model(**enc).logits.float().softmax(dim=-1)
-    return out
-
-
-def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((probs.argmax(dim=-1) == labels).float().mean())
+def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((scores.argmax(dim=-1) == labels).float().mean())
 
 
 def main(argv: list[str]) -> int:
@@ -51,26 +32,26 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(__doc__ or "")
         return 2
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     torch.set_num_threads(2)
     _, heldout = load_split(13)
     texts = [ex.text for ex in heldout]
     labels = torch.tensor([ex.label for ex in heldout])
-    tokenizer = AutoTokenizer.from_pretrained(argv[0])
-    models = {d: AutoModelForSequenceClassification.from_pretrained(d) for d in argv}
-    probs = {d: probabilities(m, tokenizer, texts) for d, m in models.items()}
+    loaded = {d: load_folder(d) for d in argv}
+    models = {d: model for d, (model, _) in loaded.items()}
+    tokenizer = loaded[argv[0]][1]
+    probs = {d: logits(m, tokenizer, texts).softmax(dim=-1) for d, m in models.items()}
     for d in argv:
         sys.stdout.write(f"{d}: {accuracy(probs[d], labels):.4f}\n")
     for k in range(2, len(argv) + 1):
         for combo in itertools.combinations(argv, k):
             ensemble = accuracy(torch.stack([probs[d] for d in combo]).mean(dim=0), labels)
             states = [models[d].state_dict() for d in combo]
-            soup = AutoModelForSequenceClassification.from_pretrained(combo[0])
+            soup, _ = load_folder(combo[0])
             soup.load_state_dict({key: sum(s[key] for s in states) / k for key in states[0]})
             sys.stdout.write(
                 f"{' + '.join(combo)}: ensemble {ensemble:.4f}, "
-                f"soup {accuracy(probabilities(soup, tokenizer, texts), labels):.4f}\n"
+                f"soup {accuracy(logits(soup, tokenizer, texts), labels):.4f}\n"
             )
     return 0
 
