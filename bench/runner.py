@@ -726,11 +726,21 @@ def _rss_mib(pid: int) -> float | None:
         return None
 
 
+def _server_setting(server_env: dict[str, str], name: str) -> str:
+    """A setting as the started server sees it: --server-env first, then this environment."""
+    return server_env.get(name) or os.environ.get(name) or ""
+
+
+def _server_int(server_env: dict[str, str], name: str) -> int:
+    raw = _server_setting(server_env, name)
+    return int(raw) if raw.strip().isdigit() else 0
+
+
 def ceiling_variant(workers: int, server_env: dict[str, str]) -> str:
     """The model-only variant that matches the server's settings (same model, same work)."""
 
     def setting(name: str) -> str:
-        return (server_env.get(name) or os.environ.get(name) or "").lower()
+        return _server_setting(server_env, name).lower()
 
     if server_device(server_env) == "cuda":
         # The app's CUDA defaults: float16 unless DTYPE says otherwise, widths padded to 8.
@@ -753,7 +763,7 @@ def ceiling_variant(workers: int, server_env: dict[str, str]) -> str:
 
 def server_device(server_env: dict[str, str]) -> str:
     """ "cuda" or "cpu", as the app resolves DEVICE (auto: CUDA when torch sees a GPU)."""
-    requested = (server_env.get("DEVICE") or os.environ.get("DEVICE") or "auto").lower()
+    requested = (_server_setting(server_env, "DEVICE") or "auto").lower()
     if requested == "auto":
         import torch
 
@@ -765,22 +775,20 @@ def server_parallelism(torch_threads: int | None, server_env: dict[str, str]) ->
     """(INFERENCE_WORKERS, torch threads per forward pass) the app will use, derived as
     the app does: TORCH_THREADS if set, else CPU cores / INFERENCE_WORKERS. The ceiling
     runs with the same numbers."""
-
-    def env_int(name: str) -> int:
-        raw = server_env.get(name) or os.environ.get(name) or "0"
-        return int(raw) if raw.strip().isdigit() else 0
-
     from app.classifier import default_workers  # the app's own rule for INFERENCE_WORKERS=0
 
-    workers = env_int("INFERENCE_WORKERS") or default_workers(server_device(server_env))
-    threads = torch_threads or env_int("TORCH_THREADS") or max(1, _cores() // workers)
+    workers = _server_int(server_env, "INFERENCE_WORKERS") or default_workers(
+        server_device(server_env)
+    )
+    threads = (
+        torch_threads or _server_int(server_env, "TORCH_THREADS") or max(1, _cores() // workers)
+    )
     return workers, threads
 
 
 def lone_pass_threads(threads: int, server_env: dict[str, str]) -> int:
     """Threads the app gives a pass that runs alone: ALONE_PASS_THREADS, else TORCH_THREADS."""
-    raw = server_env.get("ALONE_PASS_THREADS") or os.environ.get("ALONE_PASS_THREADS") or "0"
-    return max(threads, int(raw) if raw.strip().isdigit() else 0)
+    return max(threads, _server_int(server_env, "ALONE_PASS_THREADS"))
 
 
 def _cores() -> int:
