@@ -20,6 +20,9 @@ class Phase(enum.Enum):
     FAILED = "failed"
 
 
+STALLED = "the inference threads have stopped"
+
+
 class Lifecycle:
     """Shared by the routes, the lifespan and the signal handling of `python -m app`."""
 
@@ -72,7 +75,7 @@ class Lifecycle:
         if not self.is_ready or self.service is None:
             detail = "the model failed to load" if self.phase is Phase.FAILED else "loading"
             if self.stalled:
-                detail = "the inference threads have stopped"
+                detail = STALLED
             raise NotReady(f"the model is not ready ({detail})", retry_after=5)
         return self.service
 

@@ -18,7 +18,7 @@ from starlette.types import Scope
 
 from app.config import Settings
 from app.errors import ClientGone, NotReady, UnsupportedMediaType, error_response
-from app.lifecycle import Lifecycle, Phase
+from app.lifecycle import STALLED, Lifecycle, Phase
 from app.metrics import Metrics
 from app.schemas import (
     BatchingInfo,
@@ -184,7 +184,7 @@ async def predict(request: Request) -> Response:
     return JSONBytes({"predictions": [_prediction(r) for r in results]} | meta)
 
 
-_STALLED = "the inference threads have stopped; restart the process"
+_STALLED = f"{STALLED}; restart the process"
 
 
 @router.get(
