@@ -12,7 +12,8 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.config import Settings, describe_error
-from app.lifecycle import Lifecycle
+from app.core.lifecycle import Lifecycle
+from app.engine import runtime
 from app.logging_config import configure_logging
 
 logger = logging.getLogger("app")
@@ -66,11 +67,14 @@ def main() -> int:
         print(f"error: invalid settings: {describe_error(exc)}", file=sys.stderr)  # noqa: T201
         return EXIT_BAD_SETTINGS
     configure_logging(settings.log_level, settings.log_json)
+    runtime.configure_process()
 
-    from app.main import create_app  # torch and transformers load here, after the checks
+    from app.main import create_app  # after configure_process: torch reads its environment
 
     servers: list[DrainingServer] = []
-    app = create_app(settings, on_fatal=lambda reason: servers[0].fail(reason))
+    app = create_app(
+        settings, on_fatal=lambda reason: servers[0].fail(reason), on_ready=runtime.freeze_heap
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -5,27 +5,38 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+ENV_PREFIX = "TEXTCLF_"
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+ForwardPath = Literal["padded", "unpadded", "unpadded_onednn"]
+
+
+def _alias(name: str) -> AliasChoices:
+    """The prefixed name first, then the seeds' plain one (MODEL_PATH, HOST, PORT)."""
+    return AliasChoices(f"{ENV_PREFIX}{name}", name)
 
 
 class Settings(BaseSettings):
-    """Configuration read from the environment (and `.env`); names match case-insensitively."""
+    """Configuration read from `TEXTCLF_*` environment variables (and `.env`)."""
 
     model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
         env_file=".env",
         env_ignore_empty=True,
         extra="ignore",
         protected_namespaces=(),
+        populate_by_name=True,
         allow_inf_nan=False,  # "inf" parses as a float; no timeout or limit here means that
     )
 
     # Model runtime
     model_path: Path = Field(
-        Path("model/default"), description="save_pretrained folder of the classifier to serve"
+        Path("model/default"),
+        validation_alias=_alias("MODEL_PATH"),
+        description="save_pretrained folder of the classifier to serve",
     )
     model_name: str | None = Field(
         None, description="name reported in responses and /model; defaults to the folder name"
@@ -34,13 +45,6 @@ class Settings(BaseSettings):
     dtype: DType = Field("auto", description="auto: float32 on CPU, float16 on CUDA")
     torch_threads: int = Field(
         0, ge=0, description="intra-op threads per forward pass; 0 = CPU cores / INFERENCE_WORKERS"
-    )
-    alone_pass_threads: int = Field(
-        0,
-        ge=0,
-        description="intra-op threads for a CPU pass that runs while no other pass does "
-        "(a lone request on a quiet server); 0 = TORCH_THREADS. More is faster only on cores "
-        "no other process uses",
     )
     inference_workers: int = Field(
         0,
@@ -52,20 +56,12 @@ class Settings(BaseSettings):
     quantize: Literal["none", "int8"] = Field(
         "none", description="int8: dynamic int8 quantization of Linear layers (CPU only)"
     )
-    unpadded: Literal["auto", "off"] = Field(
+    forward: Literal["auto"] | ForwardPath = Field(
         "auto",
-        description="auto: BERT classifiers on the CPU run on concatenated tokens, no padding; "
-        "off: always the model's padded forward",
-    )
-    onednn_linear: Literal["auto", "off"] = Field(
-        "auto",
-        description="auto: float32 Linear layers on the CPU run oneDNN's kernel on weights "
-        "reordered at load (same scores, faster); off: torch's default (MKL)",
-    )
-    scripted: Literal["auto", "off"] = Field(
-        "auto",
-        description="auto: the padding-free forward runs as one TorchScript graph, which "
-        "lets go of the GIL for the whole pass (same scores); off: eager PyTorch",
+        description="the forward pass: auto times each one this model and device support at "
+        "start-up and keeps the fastest; padded (the model's own), unpadded (texts "
+        "concatenated, no padding; BERT on the CPU) or unpadded_onednn (the same on oneDNN "
+        "matrix multiplies)",
     )
     max_length: int | None = Field(
         None, gt=1, description="token limit per text; default the model's own limit"
@@ -88,14 +84,6 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="how long a busy batcher waits for more texts"
     )
-    gil_switch_interval_ms: float = Field(
-        0.2,
-        gt=0,
-        le=100,
-        description="longest a thread keeps Python's GIL while another waits for it "
-        "(CPython's default: 5). Short lets an inference thread between two passes take its "
-        "next batch at once instead of idling while the event loop runs",
-    )
     max_queue_size: int = Field(
         256, ge=1, description="texts waiting for the model before new ones get 503"
     )
@@ -112,8 +100,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="request body size (413 above)")
 
     # Server
-    host: str = Field("0.0.0.0", description="address to listen on")
-    port: int = Field(8000, ge=1, le=65535, description="port to listen on")
+    host: str = Field(
+        "0.0.0.0", validation_alias=_alias("HOST"), description="address to listen on"
+    )
+    port: int = Field(
+        8000, ge=1, le=65535, validation_alias=_alias("PORT"), description="port to listen on"
+    )
     keep_alive_s: int = Field(
         75,
         ge=1,
@@ -141,14 +133,14 @@ class Settings(BaseSettings):
         if not path.is_dir():
             raise ValueError(
                 f"MODEL_PATH={path} is not a folder; build the default model with "
-                "`make model` or point MODEL_PATH at a save_pretrained folder"
+                "`make model` or point TEXTCLF_MODEL_PATH at a save_pretrained folder"
             )
         if not (path / "config.json").is_file():
             raise ValueError(
                 f"MODEL_PATH={path} has no config.json; it must be a save_pretrained folder"
             )
         if self.selftest_path is not None and not self.selftest_path.is_file():
-            raise ValueError(f"SELFTEST_PATH={self.selftest_path} does not exist")
+            raise ValueError(f"TEXTCLF_SELFTEST_PATH={self.selftest_path} does not exist")
         return self
 
     @model_validator(mode="after")
@@ -157,9 +149,9 @@ class Settings(BaseSettings):
         # 503 "retry later" forever.
         if self.max_items_per_request > self.max_queue_size:
             raise ValueError(
-                f"MAX_ITEMS_PER_REQUEST={self.max_items_per_request} is above "
-                f"MAX_QUEUE_SIZE={self.max_queue_size}: such a request could never be queued; "
-                "lower the first or raise the second"
+                f"TEXTCLF_MAX_ITEMS_PER_REQUEST={self.max_items_per_request} is above "
+                f"TEXTCLF_MAX_QUEUE_SIZE={self.max_queue_size}: such a request could never be "
+                "queued; lower the first or raise the second"
             )
         return self
 
@@ -168,11 +160,16 @@ class Settings(BaseSettings):
         return self.model_name or self.model_path.resolve().name
 
 
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
 def describe_error(exc: ValidationError) -> str:
     """One line per bad setting, naming the environment variable and what to fix."""
     lines = []
     for err in exc.errors(include_input=False, include_url=False):
-        name = "_".join(str(part) for part in err["loc"]).upper()
+        loc = "_".join(str(part) for part in err["loc"])
+        name = (loc if loc.upper().startswith(ENV_PREFIX) else env_name(loc)).upper() if loc else ""
         message = str(err["msg"]).removeprefix("Value error, ")
         lines.append(f"{name}: {message}" if name else message)
     return "; ".join(lines)

@@ -11,15 +11,15 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import __version__
-from app.classifier import HFClassifier, ModelLoadError
 from app.config import Settings
-from app.errors import install_error_handlers
-from app.lifecycle import Lifecycle
+from app.core.bringup import ClassifierFactory, build_service, in_daemon_thread, prepare
+from app.core.lifecycle import Lifecycle
+from app.engine.base import ModelLoadError
+from app.http.handlers import install_error_handlers
+from app.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.http.routes import predict_router, router
+from app.http.schemas import PredictRequest
 from app.metrics import Metrics
-from app.middleware import BodyLimitMiddleware, InFlightMiddleware, RequestContextMiddleware
-from app.routes import router, serve_predict_directly
-from app.schemas import PredictRequest
-from app.startup import ClassifierLoader, build_service, in_daemon_thread, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +30,17 @@ echoes the input; 503 answers carry `Retry-After`.
 """
 
 
-async def _bring_up(app: FastAPI, loader: ClassifierLoader) -> None:
+def _default_factory(settings: Settings) -> Any:
+    from app.engine.loader import load_classifier  # torch loads here, not at import
+
+    return load_classifier(settings)
+
+
+async def _bring_up(app: FastAPI, factory: ClassifierFactory) -> None:
     settings: Settings = app.state.settings
     lifecycle: Lifecycle = app.state.lifecycle
     try:
-        classifier, cost = await in_daemon_thread(lambda: prepare(settings, loader))
+        classifier, cost = await in_daemon_thread(lambda: prepare(settings, factory))
     except ModelLoadError as exc:
         lifecycle.fail(str(exc))
         return
@@ -45,73 +51,77 @@ async def _bring_up(app: FastAPI, loader: ClassifierLoader) -> None:
     lifecycle.ready(build_service(classifier, cost, settings, app.state.metrics))
 
 
-@asynccontextmanager
-async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load in the background so /health answers at once and /ready says 503 until done."""
-    loader: ClassifierLoader = app.state.loader
-    bring_up = asyncio.create_task(_bring_up(app, loader), name="bring-up")
-    try:
-        yield
-    finally:
-        lifecycle: Lifecycle = app.state.lifecycle
-        lifecycle.begin_drain()
-        bring_up.cancel()
-        with suppress(asyncio.CancelledError):
-            await bring_up
-        if lifecycle.service is not None:
-            await lifecycle.service.close()
+def _lifespan(factory: ClassifierFactory) -> Callable[[FastAPI], Any]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        """Load in the background so /health answers at once and /ready says 503 until done."""
+        bring_up = asyncio.create_task(_bring_up(app, factory), name="bring-up")
+        try:
+            yield
+        finally:
+            lifecycle: Lifecycle = app.state.lifecycle
+            lifecycle.begin_drain()
+            bring_up.cancel()
+            with suppress(asyncio.CancelledError):
+                await bring_up
+            if lifecycle.service is not None:
+                await lifecycle.service.close()
+
+    return lifespan
 
 
-def _document_limits(app: FastAPI, settings: Settings) -> None:
-    """Put this deployment's request limits into the OpenAPI schema that /docs shows."""
+def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI schema with this deployment's request limits (FastAPI's documented way
+    to extend the schema), so /docs and generated clients know them."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
-            request_schema = PredictRequest.model_json_schema(
-                ref_template="#/components/schemas/{model}"
-            )
-            schema["components"]["schemas"]["PredictRequest"] = request_schema
-            fields = request_schema["properties"]
+            name = PredictRequest.__name__
+            fields = schema["components"]["schemas"][name]["properties"]
             fields["text"]["maxLength"] = settings.max_text_chars
             fields["texts"]["maxItems"] = settings.max_items_per_request
             fields["texts"]["items"]["maxLength"] = settings.max_text_chars
         return app.openapi_schema or {}
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    return openapi
 
 
 def create_app(
     settings: Settings | None = None,
     *,
-    loader: ClassifierLoader = HFClassifier,
+    factory: ClassifierFactory = _default_factory,
     on_fatal: Callable[[str], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> FastAPI:
-    """Build the app. `loader` and `on_fatal` let tests and `python -m app` plug in."""
+    """Build the app. `factory` loads the classifier (tests pass a fake); `on_fatal` and
+    `on_ready` let `python -m app` stop the server or tune the process."""
     settings = settings or Settings()
     docs = settings.docs_enabled
     app = FastAPI(
         title="Text classification service",
         version=__version__,
         description=_DESCRIPTION,
-        lifespan=_lifespan,
+        lifespan=_lifespan(factory),
         docs_url="/docs" if docs else None,
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
+    metrics = Metrics()
+    lifecycle = Lifecycle(on_fatal=on_fatal, on_ready=on_ready)
+    metrics.in_flight.set_function(lambda: lifecycle.in_flight)
+    metrics.ready.set_function(lambda: 1 if lifecycle.is_ready else 0)
     app.state.settings = settings
-    app.state.metrics = Metrics()
-    app.state.lifecycle = Lifecycle(on_fatal=on_fatal)
-    app.state.loader = loader
+    app.state.metrics = metrics
+    app.state.lifecycle = lifecycle
+    app.include_router(predict_router)
     app.include_router(router)
-    serve_predict_directly(app)
-    _document_limits(app, settings)
+    app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(InFlightMiddleware, lifecycle=app.state.lifecycle, metrics=app.state.metrics)
     app.add_middleware(
         RequestContextMiddleware,
-        metrics=app.state.metrics,
+        metrics=metrics,
         known_paths=frozenset(getattr(r, "path", "") for r in app.routes),
     )
     return app

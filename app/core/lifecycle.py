@@ -7,8 +7,8 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from app.errors import Draining, NotReady
-from app.service import ClassificationService
+from app.core.errors import Draining, NotReady
+from app.core.service import ClassificationService
 
 logger = logging.getLogger(__name__)
 
@@ -26,17 +26,24 @@ STALLED = "the inference threads have stopped"
 class Lifecycle:
     """Shared by the routes, the lifespan and the signal handling of `python -m app`."""
 
-    def __init__(self, on_fatal: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_fatal: Callable[[str], None] | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
         self.phase = Phase.LOADING
         self.service: ClassificationService | None = None
         self.failure: str | None = None
         self.in_flight = 0
         self._on_fatal = on_fatal
+        self._on_ready = on_ready
 
     def ready(self, service: ClassificationService) -> None:
         self.service = service
         if self.phase is Phase.LOADING:
             self.phase = Phase.READY
+        if self._on_ready is not None:
+            self._on_ready()
 
     def fail(self, reason: str) -> None:
         self.phase = Phase.FAILED

@@ -1,12 +1,10 @@
 """oneDNN matrix multiplies for the float32 Linear layers of a model on the CPU.
 
-`nn.Linear` on the CPU runs MKL's sgemm. On this project's machines (AMD EPYC) oneDNN's
-kernel, on a weight reordered once at load, is 2-2.5x faster at a small encoder's shapes (a
-few to a few thousand rows x 384 -> 384/1152/1536, one or two threads; BENCHMARKS.md), and
-the Linear layers are about three quarters of a forward pass. torch exposes that kernel as the
-ops its compiler's CPU freezing pass emits (`mkldnn::_reorder_linear_weight`,
-`mkldnn::_linear_pointwise`). They are private, so a layer is swapped only after its output
-matched `nn.Linear`'s on a probe input, and a torch without them keeps `nn.Linear`.
+`nn.Linear` on the CPU runs MKL's sgemm; oneDNN's kernel on a weight reordered once is faster
+on some CPUs and slower on others, so the loader times both at start-up
+(app/engine/forward_choice.py). torch exposes that kernel only as private ops
+(`mkldnn::_reorder_linear_weight`, `mkldnn::_linear_pointwise`): a layer is swapped only after
+its output matched `nn.Linear`'s on a probe, and a torch without them keeps `nn.Linear`.
 """
 
 from __future__ import annotations
@@ -20,13 +18,10 @@ from torch.nn import functional as F
 
 logger = logging.getLogger(__name__)
 
-# Rows the weight layout is tuned for; any row count works (measured: 1-1024 rows within a
-# few percent of a layout tuned for that count).
+# Rows the weight layout is tuned for; any row count works.
 _LAYOUT_ROWS = 32
-# oneDNN builds a kernel per row count (~0.7 ms, and up to a few MiB kept in its cache).
-# Inputs run in chunks of at most this many rows, each rounded up by `bucket_rows`: 16 row
-# counts in all, so every kernel stays cached (app/__init__.py sizes the cache) and memory
-# stays bounded. 128 rows already run at full speed per row.
+# oneDNN builds a kernel per row count: chunks of at most 128 rows, rounded by `bucket_rows`,
+# keep it to 16 row counts, all cached (runtime.configure_process sizes the cache).
 CHUNK_ROWS = 128
 
 
@@ -42,9 +37,7 @@ def available() -> bool:
 
 
 class PackedLinear(nn.Module):
-    """`nn.Linear` with its weight held in oneDNN's layout; same inputs, same outputs.
-
-    Written so that TorchScript compiles it too (app/scripted.py)."""
+    """`nn.Linear` with its weight in oneDNN's layout; same outputs. TorchScript compiles it."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -82,12 +75,9 @@ class PackedLinear(nn.Module):
 
 
 def bucket_rows(rows: int) -> int:
-    """Rows rounded up to one of a few counts: a multiple of 8 up to 64, then eight counts
-    per doubling (at most 1/8 extra rows, 1/20 on average).
-
-    A padding-free batch has a new row count almost every pass; unrounded, most passes
-    rebuilt their kernels (a lone text's pass took 7.5 ms instead of 4.5 ms). TorchScript
-    compiles it as part of PackedLinear."""
+    """Rows rounded up to one of a few counts (a multiple of 8 up to 64, then eight per
+    doubling): a padding-free batch has a new row count almost every pass, and each new count
+    costs a kernel build."""
     if rows <= 64:
         return max(8, (rows + 7) // 8 * 8)
     half = 64  # the largest power of two below rows

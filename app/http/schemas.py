@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -15,6 +15,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
+
+from app.core.scoring import Prediction
 
 # Whitespace as JSON Schema (ECMAScript) defines it, so the schema's pattern and this check agree.
 _NON_BLANK = (
@@ -95,23 +97,6 @@ class PredictRequest(BaseModel):
         return [self.text] if self.text is not None else list(self.texts or [])
 
 
-class LabelScore(BaseModel):
-    label: str
-    score: float = Field(description="probability (softmax or sigmoid, as the model was trained)")
-
-
-class Prediction(BaseModel):
-    label: str = Field(description="the highest-scoring label")
-    confidence: float = Field(description="score of `label`")
-    scores: list[LabelScore] = Field(description="label scores, best first (top_k of them)")
-    predicted_labels: list[str] = Field(
-        description="the decision: the top label, or for a multi-label model every label "
-        "whose score reaches the threshold"
-    )
-    num_tokens: int = Field(description="tokens of the text before any truncation")
-    truncated: bool = Field(description="whether the text was cut to the model's limit")
-
-
 _PREDICTION_EXAMPLE: dict[str, Any] = {
     "label": "positive",
     "confidence": 0.97,
@@ -156,7 +141,6 @@ class ReadyResponse(BaseModel):
 class BatchingInfo(BaseModel):
     inference_workers: int
     torch_threads: int
-    alone_pass_threads: int = Field(description="threads of a CPU pass that runs alone")
     max_batch_size: int
     max_batch_tokens: int
     max_batch_wait_ms: float
@@ -180,19 +164,32 @@ class ModelInfoResponse(BaseModel):
     max_length: int
     device: str
     dtype: str
+    quantize: str = Field(description="none, or int8 (dynamic int8 Linear layers)")
     parameters: int
-    onednn_linear_layers: int = Field(
-        description="Linear layers on oneDNN's CPU kernel (ONEDNN_LINEAR); 0 = torch's own"
-    )
+    forward: str = Field(description="the forward pass in use: padded, unpadded or unpadded_onednn")
+    forward_reason: str = Field(description="why: set by TEXTCLF_FORWARD, or the start-up timings")
     multi_label_threshold: float
     batching: BatchingInfo
 
 
+ErrorType = Literal[
+    "validation",
+    "too_large",
+    "unsupported_media_type",
+    "overloaded",
+    "not_ready",
+    "draining",
+    "resource_exhausted",
+    "timeout",
+    "not_found",
+    "method_not_allowed",
+    "bad_request",
+    "http_error",
+    "internal",
+]
+
+
 class ErrorResponse(BaseModel):
     error: str = Field(description="what went wrong; never contains the input")
-    error_type: str = Field(
-        description="validation, too_large, unsupported_media_type, overloaded, not_ready, "
-        "draining, resource_exhausted, timeout, not_found, method_not_allowed, bad_request, "
-        "http_error, internal"
-    )
+    error_type: ErrorType
     request_id: str | None

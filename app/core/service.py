@@ -6,14 +6,13 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-from app.batching import Batcher
-from app.classifier import Encoded, HFClassifier
 from app.config import Settings
-from app.errors import DeadlineExceeded, InvalidInput
+from app.core.batching import Batcher
+from app.core.errors import DeadlineExceeded, InvalidInput
+from app.core.scoring import Prediction, decide
+from app.engine.base import Classifier, Encoded
 from app.metrics import Metrics
-from app.scoring import Decision, decide
 
 logger = logging.getLogger(__name__)
 
@@ -26,17 +25,11 @@ def _field(index: int, count: int) -> str:
 _INLINE_TOKENIZE_CHARS = 2048  # below this many characters a request tokenizes inline
 
 
-@dataclass(frozen=True)
-class Classified:
-    decision: Decision
-    encoded: Encoded
-
-
 class ClassificationService:
     """What /predict needs, with no HTTP in it."""
 
     def __init__(
-        self, classifier: HFClassifier, batcher: Batcher, metrics: Metrics, settings: Settings
+        self, classifier: Classifier, batcher: Batcher, metrics: Metrics, settings: Settings
     ) -> None:
         self.classifier = classifier
         self.batcher = batcher
@@ -60,7 +53,7 @@ class ClassificationService:
 
     async def classify(
         self, texts: list[str], *, truncate: bool, top_k: int | None
-    ) -> list[Classified]:
+    ) -> list[Prediction]:
         """Scores for `texts` in input order, within the request deadline."""
         self.check_limits(texts)
         self.batcher.check_capacity(len(texts))  # refuse before tokenizing; submit checks again
@@ -73,29 +66,28 @@ class ClassificationService:
             raise DeadlineExceeded(
                 f"no answer within the {self._settings.request_timeout_s:g} s deadline"
             ) from None
-        labels = self.classifier.labels
+        info = self.classifier.info
         threshold = self._settings.multi_label_threshold
         results = []
         for enc, row in zip(encoded, scores, strict=True):
-            decision = decide(row, labels, self.classifier.activation, threshold, top_k)
-            self._metrics.predictions.labels(decision.label).inc()
-            self._metrics.confidence.observe(decision.confidence)
-            results.append(Classified(decision, enc))
+            prediction = decide(row, enc, info.labels, info.activation, threshold, top_k)
+            self._metrics.predictions.labels(prediction.label).inc()
+            self._metrics.confidence.observe(prediction.confidence)
+            results.append(prediction)
         return results
 
     async def _tokenize(self, texts: list[str], truncate: bool) -> list[Encoded]:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         if sum(map(len, texts)) <= _INLINE_TOKENIZE_CHARS:
-            # A short request tokenizes in tens of microseconds: cheaper on the loop than a
-            # hop to the tokenizer thread, which under load waits for the GIL twice.
+            # tens of microseconds: cheaper on the loop than a hop to the tokenizer thread
             encoded = self.classifier.tokenize(texts, truncate)
         else:
             encoded = await loop.run_in_executor(
                 self._tokenizer_pool, self.classifier.tokenize, texts, truncate
             )
         self._metrics.tokenize.observe(time.perf_counter() - start)
-        limit = self.classifier.max_length
+        limit = self.classifier.info.max_length
         for index, enc in enumerate(encoded):
             self._metrics.input_tokens.observe(enc.num_tokens)
             if enc.truncated:

@@ -1,4 +1,4 @@
-"""Batch formation: split waiting texts into forward passes that waste the least time.
+"""Batch formation: which waiting texts make the next forward pass.
 
 On a CPU a forward pass costs roughly a fixed overhead plus a price per padded token, so one
 batch of texts of very different lengths pays for padding, while many tiny batches pay the
@@ -95,3 +95,16 @@ def plan_batches(
         end = start
     batches.reverse()
     return batches
+
+
+def oldest_first(lengths: Sequence[int], *, max_rows: int, max_tokens: int) -> int:
+    """How many of the oldest texts make the next padding-free batch: without padding cost
+    the fullest batch is the cheapest, up to the row limit and `rows x longest <= max_tokens`
+    (which bounds the attention buffers; a single text always fits)."""
+    longest = 0
+    for count, length in enumerate(lengths):
+        width = max(longest, length)
+        if count and (count >= max_rows or (count + 1) * width > max_tokens):
+            return count
+        longest = width
+    return len(lengths)

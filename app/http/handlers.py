@@ -1,4 +1,4 @@
-"""The closed set of error kinds, one JSON envelope, and the handlers that produce it."""
+"""One JSON error envelope for every non-2xx answer, and the handlers that produce it."""
 
 from __future__ import annotations
 
@@ -7,76 +7,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.core.errors import ClientGone, ServiceError
 
 logger = logging.getLogger(__name__)
 
 _MAX_LOC_PART = 40
 _MAX_MESSAGE = 200
-
-
-class ServiceError(Exception):
-    """An error with a fixed status and kind; its message never contains client input."""
-
-    status_code = 500
-    error_type = "internal"
-
-    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
-
-
-class InvalidInput(ServiceError):
-    status_code = 422
-    error_type = "validation"
-
-
-class PayloadTooLarge(ServiceError):
-    status_code = 413
-    error_type = "too_large"
-
-
-class UnsupportedMediaType(ServiceError):
-    status_code = 415
-    error_type = "unsupported_media_type"
-
-
-class Overloaded(ServiceError):
-    status_code = 503
-    error_type = "overloaded"
-
-
-class NotReady(ServiceError):
-    status_code = 503
-    error_type = "not_ready"
-
-
-class Draining(ServiceError):
-    status_code = 503
-    error_type = "draining"
-
-
-class ResourceExhausted(ServiceError):
-    """The device ran out of memory for this work; the service itself is fine."""
-
-    status_code = 503
-    error_type = "resource_exhausted"
-
-
-class DeadlineExceeded(ServiceError):
-    status_code = 504
-    error_type = "timeout"
-
-
-class InferenceFailed(ServiceError):
-    status_code = 500
-    error_type = "internal"
-
-
-class ClientGone(Exception):
-    """The client hung up before its answer was ready; nothing is sent back."""
 
 
 _HTTP_KINDS = {
@@ -140,13 +79,23 @@ def validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-async def _service_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
+def service_error_response(exc: ServiceError, request_id: str | None) -> JSONResponse:
+    """The answer to a domain error, wherever in the HTTP layer it was raised."""
     if exc.status_code >= 500 and exc.error_type == "internal":
         logger.error("request failed: %s", exc.message)
-    return error_response(
-        exc.status_code, exc.message, exc.error_type, _request_id(request), exc.retry_after
-    )
+    return error_response(exc.status_code, exc.message, exc.error_type, request_id, exc.retry_after)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return service_error_response(exc, _request_id(request))
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """Nothing can reach a client that hung up; the status is for the logs and metrics."""
+    assert isinstance(exc, ClientGone)
+    request.app.state.metrics.rejections.labels("client_gone").inc(exc.texts)
+    return Response(status_code=499)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -178,6 +127,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(ClientGone, _client_gone)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,1 @@
+"""Serving logic with no web framework in it: admission, batching, scoring, lifecycle."""

@@ -1,0 +1,1 @@
+"""The HTTP surface: routes, dependencies, schemas, error handlers and middleware."""
