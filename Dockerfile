@@ -10,8 +10,9 @@
 #          PIP_FIND_LINKS=... PIP_TRUSTED_HOST=... (and TORCH_INDEX_URL= empty
 #          when the mirror serves torch too).
 #
-# The model is not baked in: mount a save_pretrained folder and set MODEL_PATH
-# (docker-compose.yml mounts ./model/default read-only at /models/default).
+# The model is not baked in: mount a save_pretrained folder at /models/default
+# (docker-compose.yml mounts ./model/default there read-only) or elsewhere and
+# set TEXTCLF_MODEL_PATH (or its alias MODEL_PATH).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -82,6 +83,10 @@ COPY app/ /srv/app/
 RUN python -m compileall -q /srv/app /srv/deploy
 
 # HF_HUB_OFFLINE: the model is a mounted folder; never reach for a hub.
+# The service's own defaults are set through the aliases HOST, PORT and
+# MODEL_PATH, the weakest names: `docker run -e TEXTCLF_PORT=...` and
+# `-e PORT=...` both override them (an image-level TEXTCLF_PORT would beat a
+# user's PORT). Every other setting: -e TEXTCLF_<NAME>=... (see .env.example).
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -98,11 +103,12 @@ ENV PATH=/opt/venv/bin:${PATH} \
 USER 10001:10001
 EXPOSE 8000
 
-# Python's urllib (the image has no curl): healthy only while /ready says 200.
+# Python's urllib (the image has no curl): healthy only while /ready says 200
+# (on TEXTCLF_PORT, else PORT).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "/srv/deploy/docker/healthcheck.py"]
 
-# SIGTERM starts the app's graceful drain (GRACEFUL_TIMEOUT_S).
+# SIGTERM starts the app's graceful drain (TEXTCLF_GRACEFUL_TIMEOUT_S).
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "app"]
 

@@ -153,6 +153,22 @@ def _inspect(container: str, template: str) -> str:
     return run(["docker", "inspect", "-f", template, container], timeout=30).stdout.strip()
 
 
+def test_app_container_gets_prefixed_settings(client: httpx.Client, app_container: str) -> None:
+    """docker-compose.yml passes the app's settings as TEXTCLF_<NAME>, and the app uses them."""
+    env = json.loads(_inspect(app_container, "{{json .Config.Env}}"))
+    values = dict(item.split("=", 1) for item in env)
+    assert values["TEXTCLF_MODEL_PATH"] == "/models/default"
+    assert values["TEXTCLF_PORT"] == "8000"
+    assert values["TEXTCLF_DEVICE"] == "cpu"
+    assert values["TEXTCLF_FORWARDED_ALLOW_IPS"] == "*"
+    # The removed settings are gone from the stack.
+    removed = ("UNPADDED", "ONEDNN_LINEAR", "SCRIPTED", "ALONE_PASS_THREADS", "GIL_SWITCH")
+    assert not [name for name in values if any(old in name for old in removed)], values
+    model = client.get("/model")
+    assert model.status_code == 200, model.text
+    assert model.json()["device"] == "cpu"
+
+
 def test_app_container_is_hardened(app_container: str) -> None:
     assert _inspect(app_container, "{{.State.Health.Status}}") == "healthy"
     uid = run(["docker", "exec", app_container, "id", "-u"], timeout=30).stdout.strip()

@@ -1,16 +1,22 @@
 """Checks of the container files that need no running stack.
 
 Unmarked (run by `make test`): hadolint on every Dockerfile, shellcheck on the
-deploy scripts, the Compose files' structure. Marked e2e (need the engine
+deploy scripts, the Compose files' structure, the settings' names (every field
+of app.config.Settings reaches the container as TEXTCLF_<NAME>; .env.example
+lists them all; no unprefixed or removed name in a deployment file) and the
+HEALTHCHECK's port lookup. Marked e2e (need the engine
 and images, run by deploy/ci/e2e.sh before the stack starts or beside it):
 `nginx -t` on the real nginx.conf, its JSON 502/504 pages, the build
 context that .dockerignore leaves, the GPU override as the engine sees it,
-and the CUDA build guard.
+the settings as the built image reads them, and the CUDA build guard.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,7 +24,9 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import Thread
 
 import httpx
 import pytest
@@ -84,32 +92,268 @@ def test_compose_file_contract() -> None:
     assert any(v.endswith(":/models/default:ro") for v in app["volumes"])
     assert any(v.endswith(":/etc/nginx/nginx.conf:ro") for v in nginx["volumes"])
     assert str(app["user"]).split(":")[0] != "0"
-    # stop_grace_period > the app's drain time (GRACEFUL_TIMEOUT_S default 15).
+    # stop_grace_period > the app's drain time (TEXTCLF_GRACEFUL_TIMEOUT_S default 15).
     grace = int(str(app["stop_grace_period"]).split(":-")[1].rstrip("}").rstrip("s"))
-    drain = float(app["environment"]["GRACEFUL_TIMEOUT_S"].split(":-")[1].rstrip("}"))
+    drain = float(app["environment"]["TEXTCLF_GRACEFUL_TIMEOUT_S"].split(":-")[1].rstrip("}"))
     assert grace > drain
-    timeout = float(app["environment"]["REQUEST_TIMEOUT_S"].split(":-")[1].rstrip("}"))
+    timeout = float(app["environment"]["TEXTCLF_REQUEST_TIMEOUT_S"].split(":-")[1].rstrip("}"))
     nginx_conf = (REPO_ROOT / "nginx.conf").read_text()
     assert f"proxy_read_timeout {int(timeout) + 5}s;" in nginx_conf
     assert "version" not in _compose("docker-compose.yml")
 
 
-def test_compose_passes_every_app_setting() -> None:
-    """What .env.example says: each app setting in .env reaches the container, except the
-    ones the stack sets itself (and the host path SELFTEST_PATH)."""
+# Settings the stack fixes itself (docker-compose.yml), and the one it never passes
+# (a host path: the container uses the mounted model's own selftest.json).
+FIXED_IN_COMPOSE = {"model_path", "host", "port", "keep_alive_s", "forwarded_allow_ips"}
+NOT_PASSED = {"selftest_path"}
+# Settings of earlier versions, now FORWARD or internal constants: no file may name them.
+REMOVED_SETTINGS = (
+    "UNPADDED",
+    "ONEDNN_LINEAR",
+    "SCRIPTED",
+    "ALONE_PASS_THREADS",
+    "GIL_SWITCH_INTERVAL_MS",
+)
+# What docker-compose.ci.yml / deploy/ci/e2e.sh interpolate besides .env.example's names.
+CI_ONLY_VARIABLES = {"WHEELHOUSE_PORT", "VCS_REF"}
+DEPLOY_TEXT_FILES = [
+    REPO_ROOT / ".env.example",
+    REPO_ROOT / "Dockerfile",
+    REPO_ROOT / "docker-compose.yml",
+    REPO_ROOT / "docker-compose.gpu.yml",
+    REPO_ROOT / "docker-compose.ci.yml",
+    REPO_ROOT / "nginx.conf",
+    *sorted(p for p in (REPO_ROOT / "deploy").rglob("*") if p.is_file()),
+]
+
+
+def _word(name: str) -> re.Pattern[str]:
+    """`name` as a whole variable name (not part of a longer one such as TEXTCLF_name)."""
+    return re.compile(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])")
+
+
+def setting_env_names() -> dict[str, str]:
+    """Each Settings field -> the environment variable the app reads it from."""
     from app.config import Settings
 
+    prefix = Settings.model_config.get("env_prefix")
+    assert prefix == "TEXTCLF_", f"the settings' prefix is {prefix!r}, not TEXTCLF_"
+    return {field: f"{prefix}{field.upper()}" for field in Settings.model_fields}
+
+
+def setting_aliases() -> dict[str, list[str]]:
+    """Each Settings field with an alias -> its names, strongest first (from the class)."""
+    from pydantic import AliasChoices
+
+    from app.config import Settings
+
+    aliases: dict[str, list[str]] = {}
+    for field, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            aliases[field] = [str(choice) for choice in alias.choices]
+        elif isinstance(alias, str):
+            aliases[field] = [alias]
+    return aliases
+
+
+def test_settings_names_are_prefixed_with_documented_aliases() -> None:
+    """The contract the deployment files rely on: TEXTCLF_<NAME> for every setting, and
+    exactly MODEL_PATH, HOST and PORT as weaker aliases."""
+    names = setting_env_names()
+    back = {name.removeprefix("TEXTCLF_") for name in names.values()} & set(REMOVED_SETTINGS)
+    assert not back, f"removed settings are back: {sorted(back)}"
+    aliases = setting_aliases()
+    assert set(aliases) == {"model_path", "host", "port"}, aliases
+    for field, choices in aliases.items():
+        # The prefixed name first: it wins when both are set.
+        assert choices == [names[field], field.upper()], (field, choices)
+
+
+def test_settings_ignore_unprefixed_names_and_prefer_the_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another program's WARMUP/DEVICE/... cannot stop the service, and the image's alias
+    defaults (Dockerfile ENV MODEL_PATH/HOST/PORT) lose to TEXTCLF_ names."""
+    from app.config import Settings
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    for name in list(os.environ):
+        if name.upper().startswith("TEXTCLF_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no .env here
+    # Values the app would refuse, were it to read them (the aliases aside).
+    for field in set(setting_env_names()) - set(setting_aliases()):
+        monkeypatch.setenv(field.upper(), "-1.5e999 not a value")
+    monkeypatch.setenv("MODEL_PATH", str(tmp_path / "no-such-folder"))
+    monkeypatch.setenv("TEXTCLF_MODEL_PATH", str(model))
+    monkeypatch.setenv("PORT", "9000")
+    monkeypatch.setenv("TEXTCLF_PORT", "9001")
+    monkeypatch.setenv("TEXTCLF_WARMUP", "false")
+    settings = Settings()
+    assert settings.model_path == model and settings.port == 9001
+    assert settings.warmup is False and settings.device == "auto" and settings.host == "0.0.0.0"
+    assert settings.model_name is None  # a str setting would have taken the foreign value
+    # The aliases alone still work.
+    monkeypatch.delenv("TEXTCLF_PORT")
+    monkeypatch.delenv("TEXTCLF_MODEL_PATH")
+    monkeypatch.setenv("MODEL_PATH", str(model))
+    monkeypatch.setenv("HOST", "127.0.0.1")
+    settings = Settings()
+    assert (settings.model_path, settings.port, settings.host) == (model, 9000, "127.0.0.1")
+
+
+def test_compose_passes_every_app_setting() -> None:
+    """What .env.example says: each TEXTCLF_ setting in .env reaches the container, except
+    the ones the stack sets itself (and the host path TEXTCLF_SELFTEST_PATH)."""
+    names = setting_env_names()
     services = _compose("docker-compose.yml")["services"]
     assert isinstance(services, dict)
     environment = services["app"]["environment"]
-    fixed = {"MODEL_PATH", "HOST", "PORT", "KEEP_ALIVE_S", "FORWARDED_ALLOW_IPS"}
-    for name in (field.upper() for field in Settings.model_fields):
-        if name == "SELFTEST_PATH":
+    for field, name in names.items():
+        if field in NOT_PASSED:
             assert name not in environment
-        elif name in fixed:
-            assert name in environment and "${" not in str(environment[name])
+        elif field in FIXED_IN_COMPOSE:
+            assert name in environment and "${" not in str(environment[name]), name
         else:
+            # Interpolated from the same name, so a .env line reaches the app as written.
             assert f"${{{name}:-" in str(environment.get(name)), f"{name} never reaches the app"
+    # Nothing else: no unprefixed name (it would be ignored), no removed setting.
+    unknown = set(environment) - set(names.values())
+    assert not unknown, f"not settings of the app: {sorted(unknown)}"
+
+
+def test_env_example_lists_every_setting() -> None:
+    """Each setting once, under its TEXTCLF_ name, with its one-line why above it; the
+    compose block holds exactly the variables the Compose files interpolate."""
+    names = setting_env_names()
+    lines = (REPO_ROOT / ".env.example").read_text().splitlines()
+    assignments: dict[str, int] = {}
+    for number, line in enumerate(lines):
+        match = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)=", line)
+        if match:
+            assert match.group(1) not in assignments, f"{match.group(1)} listed twice"
+            assignments[match.group(1)] = number
+    listed = {name for name in assignments if name.startswith("TEXTCLF_")}
+    assert listed == set(names.values()), (
+        f"missing: {sorted(set(names.values()) - listed)}, "
+        f"not settings: {sorted(listed - set(names.values()))}"
+    )
+    for name in listed:
+        above = lines[assignments[name] - 1]
+        assert above.startswith("# ") and len(above) > 10, f"{name} has no comment above it"
+    # No unprefixed setting lines: the app ignores them, or (the aliases) they would
+    # only repeat a TEXTCLF_ line that wins over them anyway.
+    unprefixed = {field.upper() for field in names} & set(assignments)
+    assert not unprefixed, f"unprefixed settings in .env.example: {sorted(unprefixed)}"
+    # The header explains the prefix and names every alias.
+    header = "\n".join(lines[:12])
+    assert "TEXTCLF_" in header
+    for choices in setting_aliases().values():
+        assert all(_word(alias).search(header) for alias in choices[1:]), choices
+    # The compose block: what the Compose files read from .env, and nothing more.
+    interpolated: set[str] = set()
+    for path in ("docker-compose.yml", "docker-compose.gpu.yml", "docker-compose.ci.yml"):
+        text = (REPO_ROOT / path).read_text()
+        interpolated |= set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
+    compose_only = set(assignments) - listed
+    assert interpolated - CI_ONLY_VARIABLES - set(names.values()) == compose_only
+
+
+def test_no_deployment_file_names_a_removed_or_unprefixed_setting() -> None:
+    """Removed settings are gone everywhere; the Compose files, .env.example and
+    nginx.conf use the TEXTCLF_ names only (the Dockerfile may set the aliases)."""
+    names = setting_env_names()
+    for path in DEPLOY_TEXT_FILES:
+        text = path.read_text(errors="replace")
+        for removed in REMOVED_SETTINGS:
+            for match in (_word(removed), _word(f"TEXTCLF_{removed}")):
+                assert not match.search(text), f"{path.relative_to(REPO_ROOT)} names {removed}"
+    strict = [".env.example", "docker-compose.yml", "docker-compose.gpu.yml", "nginx.conf"]
+    aliases = {choice for choices in setting_aliases().values() for choice in choices}
+    for relative in strict:
+        text = (REPO_ROOT / relative).read_text()
+        if relative == ".env.example":
+            text = "\n".join(text.splitlines()[12:])  # past the header naming the aliases
+        for field in names:
+            bare = field.upper()
+            if relative == ".env.example" and bare in aliases:
+                # "(alias: PORT)" comments and the compose block's note name them on purpose.
+                continue
+            assert not _word(bare).search(text), f"{relative} uses {bare}, not TEXTCLF_{bare}"
+    # The image's own defaults: only the aliases (weaker than TEXTCLF_, so both names
+    # override them at `docker run`), and the model folder Compose mounts.
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    env_block = dockerfile[dockerfile.rindex("\nENV PATH=/opt/venv/bin") :].split("\n\n")[0]
+    env_set = set(re.findall(r"\b([A-Z][A-Z0-9_]*)=", env_block))
+    assert not {name for name in env_set if name.startswith("TEXTCLF_")}, env_set
+    assert {"MODEL_PATH", "HOST", "PORT"} <= env_set
+    assert "MODEL_PATH=/models/default" in env_block
+    assert not env_set & ({field.upper() for field in names} - aliases), env_set
+
+
+def _load_healthcheck() -> object:
+    spec = importlib.util.spec_from_file_location(
+        "textclf_healthcheck", REPO_ROOT / "deploy/docker/healthcheck.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_healthcheck_port_prefers_the_prefixed_name() -> None:
+    app_port = _load_healthcheck().app_port  # type: ignore[attr-defined]
+    assert app_port({}) == "8000"
+    assert app_port({"PORT": "9000"}) == "9000"
+    assert app_port({"TEXTCLF_PORT": "9001", "PORT": "9000"}) == "9001"
+    # Empty counts as unset, as in the app (env_ignore_empty).
+    assert app_port({"TEXTCLF_PORT": "", "PORT": "9000"}) == "9000"
+    assert app_port({"TEXTCLF_PORT": " ", "PORT": ""}) == "8000"
+
+
+def test_healthcheck_asks_ready_on_the_apps_port() -> None:
+    """The script itself, against a /ready on loopback: 0 on 200, 1 on 503 or no answer."""
+    status = {"code": 200}
+
+    class Ready(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status["code"] if self.path == "/ready" else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ready)
+    thread = Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = str(server.server_address[1])
+    closed = str(_free_port())
+    base = {k: v for k, v in os.environ.items() if k not in {"PORT", "TEXTCLF_PORT"}}
+
+    def healthcheck(**env: str) -> int:
+        return subprocess.run(
+            [sys.executable, str(REPO_ROOT / "deploy/docker/healthcheck.py")],
+            env={**base, "HEALTHCHECK_TIMEOUT_S": "2", **env},
+            capture_output=True,
+            timeout=30,
+            check=False,
+        ).returncode
+
+    try:
+        assert healthcheck(TEXTCLF_PORT=port, PORT=closed) == 0
+        assert healthcheck(PORT=port) == 0
+        assert healthcheck(TEXTCLF_PORT="", PORT=port) == 0
+        assert healthcheck(TEXTCLF_PORT=closed, PORT=port) == 1
+        status["code"] = 503
+        assert healthcheck(TEXTCLF_PORT=port) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def test_ci_override_only_changes_the_build() -> None:
@@ -126,7 +370,9 @@ def test_gpu_override_reserves_a_gpu() -> None:
     assert app["build"]["args"]["TORCH_VARIANT"] == "cuda"
     (device,) = app["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
-    assert app["environment"]["DEVICE"] == "cuda"
+    assert app["environment"]["TEXTCLF_DEVICE"] == "cuda"
+    assert all(name.startswith("TEXTCLF_") for name in app["environment"]), app["environment"]
+    assert set(app["environment"]) <= set(setting_env_names().values())
 
 
 # ------------------------------------------------------------ with engine ---
@@ -383,7 +629,77 @@ def test_gpu_override_as_the_engine_sees_it(engine: None) -> None:
     assert request["Driver"] == "nvidia"
     assert request["Count"] == 1
     assert request["Capabilities"] == [["gpu"]]
-    assert '"DEVICE=cuda"' in env_out
+    assert '"TEXTCLF_DEVICE=cuda"' in env_out
+
+
+# Runs inside the image: the settings exactly as the service would read them.
+_SETTINGS_PROBE = (
+    "import json; from app.config import Settings; s = Settings(); "
+    "print(json.dumps({'model_path': str(s.model_path), 'host': s.host, 'port': s.port, "
+    "'warmup': s.warmup, 'device': s.device, 'max_batch_size': s.max_batch_size}))"
+)
+
+
+@pytest.mark.e2e
+def test_image_reads_only_prefixed_settings(engine: None) -> None:
+    """In the built image: the defaults (aliases in the Dockerfile's ENV) lose to TEXTCLF_
+    names, unprefixed variables of another program are not read at all, and a bad
+    TEXTCLF_ value stops the service with exit code 2 naming the variable."""
+    image = os.environ.get("APP_IMAGE", "textclf:cpu")
+    require(_image_present(image), f"{image} absent (build the stack first)")
+    model_dir = (REPO_ROOT / os.environ.get("MODEL_DIR", "model/default")).resolve()
+    require((model_dir / "config.json").is_file(), f"no model at {model_dir} (make model)")
+    hardened = [
+        "docker", "run", "--rm", "--network", "none", "--read-only", "--user", "10001:10001",
+        "--cap-drop", "ALL", "--tmpfs", "/tmp:size=16m,mode=1777",
+        "-v", f"{model_dir}:/models/default:ro",
+    ]  # fmt: skip
+
+    def settings(**env: str) -> dict[str, object]:
+        flags = [arg for k, v in env.items() for arg in ("-e", f"{k}={v}")]
+        out = run([*hardened, *flags, image, "python", "-c", _SETTINGS_PROBE], timeout=120)
+        loaded = json.loads(out.stdout.strip().splitlines()[-1])
+        assert isinstance(loaded, dict)
+        return loaded
+
+    defaults = settings()
+    assert (defaults["model_path"], defaults["host"], defaults["port"]) == (
+        "/models/default",
+        "0.0.0.0",
+        8000,
+    )
+    # Another program's variables, each a value the app would refuse; removed names too.
+    foreign = {
+        "WARMUP": "3",
+        "DEVICE": "bogus",
+        "MAX_BATCH_SIZE": "0",
+        "FORWARD": "nope",
+        "LOG_LEVEL": "loud",
+        "UNPADDED": "maybe",
+        "SCRIPTED": "maybe",
+    }
+    read = settings(
+        **foreign,
+        TEXTCLF_PORT="9001",
+        PORT="9000",
+        MODEL_PATH="/nonexistent",
+        TEXTCLF_MODEL_PATH="/models/default",
+        TEXTCLF_WARMUP="false",
+    )
+    assert (read["port"], read["model_path"], read["warmup"]) == (9001, "/models/default", False)
+    assert (read["device"], read["max_batch_size"]) == (
+        defaults["device"],
+        defaults["max_batch_size"],
+    )
+    assert settings(PORT="9000")["port"] == 9000  # the alias alone still works
+
+    bad = run(
+        [*hardened, "-e", "TEXTCLF_MAX_BATCH_SIZE=0", image],  # the image's own CMD
+        timeout=120,
+        check=False,
+    )
+    assert bad.returncode == 2, (bad.returncode, bad.stderr[-2000:])
+    assert "TEXTCLF_MAX_BATCH_SIZE" in bad.stderr, bad.stderr[-2000:]
 
 
 @pytest.mark.e2e
