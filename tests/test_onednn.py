@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -14,19 +15,29 @@ import pytest
 import torch
 from torch import nn
 
-from app import onednn
-from app.classifier import HFClassifier
-from app.onednn import PackedLinear, pack_linear_layers
+from app.engine import onednn
+from app.engine.hf import HFClassifier
+from app.engine.onednn import PackedLinear, pack_linear_layers
+from app.engine.unpadded import UnpaddedForward
 from tests.conftest import make_settings
+from tests.sharp_model import sharpened_copy
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="torch built without oneDNN")
 
-TEXTS = ["I love this movie", "the flight was terrible and late", "not bad", "ok"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def _scores(classifier: HFClassifier, texts: list[str]) -> Any:
-    rows = [e.ids for e in classifier.tokenize(texts, truncate=True)]
-    return classifier.forward(rows, max(map(len, rows)))
+def _rows(count: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [
+        [2] + [rng.randrange(5, 60) for _ in range(rng.randrange(1, 40))] + [3]
+        for _ in range(count)
+    ]
+
+
+@pytest.fixture(scope="module")
+def sharp_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sharpened_copy(tiny_model, tmp_path_factory.mktemp("sharp") / "single", seed=4)
 
 
 @pytest.mark.parametrize("shape", [(1, 48), (7, 48), (2, 5, 48)])
@@ -38,33 +49,46 @@ def test_packed_linear_matches_nn_linear(shape: tuple[int, ...]) -> None:
         torch.testing.assert_close(PackedLinear(linear)(x), linear(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("unpadded", ["auto", "off"])
-def test_the_service_swaps_every_float_linear_and_keeps_its_scores(
-    tiny_model: Path, unpadded: str
-) -> None:
-    packed = HFClassifier(make_settings(tiny_model, unpadded=unpadded))
-    plain = HFClassifier(make_settings(tiny_model, unpadded=unpadded, onednn_linear="off"))
-    linears = [m for m in plain._model.modules() if type(m) is nn.Linear]
-    fused = len(packed._unpadded.fused_qkv) if packed._unpadded is not None else 0
-    # With fused projections the separate query/key/value layers never run: left unpacked.
-    unused = 3 * fused
-    assert packed.onednn_layers == len(linears) - unused + fused and plain.onednn_layers == 0
-    left = [m for m in packed._model.modules() if type(m) is nn.Linear]
-    assert len(left) == unused
-    if packed._unpadded is not None:
-        assert {id(m) for m in left} == {id(m) for m in packed._unpadded.replaced_projections()}
-    assert packed.info.parameters == plain.info.parameters
-    np.testing.assert_allclose(_scores(packed, TEXTS), _scores(plain, TEXTS), atol=1e-5)
+def test_a_linear_without_bias_packs_too() -> None:
+    torch.manual_seed(1)
+    linear = nn.Linear(16, 8, bias=False)
+    x = torch.randn(5, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(PackedLinear(linear)(x), linear(x), rtol=1e-5, atol=1e-5)
 
 
-def test_int8_layers_keep_their_own_kernels(tiny_model: Path) -> None:
-    assert HFClassifier(make_settings(tiny_model, quantize="int8")).onednn_layers == 0
+def test_the_packed_forward_keeps_the_scores(sharp_model: Path) -> None:
+    classifier = HFClassifier(make_settings(sharp_model, torch_threads=1))
+    plain = UnpaddedForward(classifier.model)
+    packed = UnpaddedForward(classifier.model, onednn=True)
+    # Per BERT layer the fused query/key/value, attention output, up and down projections,
+    # then the pooler and the head: the separate query/key/value layers never run.
+    assert (plain.onednn_layers, packed.onednn_layers) == (0, 2 * 4 + 2)
+    assert packed.scripted
+    # The model itself keeps its nn.Linear layers (the padded forward still uses them).
+    assert not any(isinstance(m, PackedLinear) for m in classifier.model.modules())
+    # Mixed lengths, a lone text, and more rows than one oneDNN chunk (40 texts, ~800 tokens).
+    with torch.inference_mode():
+        for rows in (_rows(7, seed=1), _rows(1, seed=2), _rows(40, seed=3)):
+            torch.testing.assert_close(packed(rows), plain(rows), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_and_bfloat16_layers_are_not_packed(tiny_model: Path) -> None:
+    for overrides in ({"quantize": "int8"}, {"dtype": "bfloat16"}):
+        classifier = HFClassifier(make_settings(tiny_model, torch_threads=1, **overrides))
+        assert UnpaddedForward(classifier.model, onednn=True).onednn_layers == 0
 
 
 def test_a_layer_that_does_not_match_keeps_nn_linear(monkeypatch: pytest.MonkeyPatch) -> None:
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     monkeypatch.setattr(onednn, "_matches", lambda linear, packed: linear.out_features == 2)
     assert pack_linear_layers(model) == 1
+    assert type(model[0]) is nn.Linear and type(model[2]) is PackedLinear
+
+
+def test_skipped_layers_stay_as_they_are() -> None:
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert pack_linear_layers(model, skip=[model[0]]) == 1
     assert type(model[0]) is nn.Linear and type(model[2]) is PackedLinear
 
 
@@ -84,13 +108,16 @@ def test_without_the_ops_nothing_is_swapped(monkeypatch: pytest.MonkeyPatch) -> 
     assert pack_linear_layers(model) == 0 and type(model[0]) is nn.Linear
 
 
-def test_two_threads_share_the_packed_weights(tiny_model: Path) -> None:
-    classifier = HFClassifier(make_settings(tiny_model, inference_workers=2))
-    want = _scores(classifier, TEXTS)
+def test_two_threads_share_the_packed_weights(sharp_model: Path) -> None:
+    classifier = HFClassifier(make_settings(sharp_model, torch_threads=1, inference_workers=2))
+    classifier.use_forward("unpadded_onednn", UnpaddedForward(classifier.model, onednn=True))
+    rows = _rows(6, seed=9)
+    width = max(map(len, rows))
+    want = classifier.forward(rows, width)
     results: list[Any] = []
 
     def work() -> None:
-        results.extend(_scores(classifier, TEXTS) for _ in range(20))
+        results.extend(classifier.forward(rows, width) for _ in range(20))
 
     threads = [threading.Thread(target=work) for _ in range(2)]
     for thread in threads:
@@ -103,10 +130,16 @@ def test_two_threads_share_the_packed_weights(tiny_model: Path) -> None:
 
 
 _GROWTH_SCRIPT = """
-import app  # sets the cache bounds before torch loads, as the service does
+import os
+from app.engine import runtime
+
+runtime.configure_process()  # sets the cache bounds before torch loads, as `python -m app` does
+print(os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"], os.environ["LRU_CACHE_CAPACITY"])
 import torch
 from torch import nn
-from app.onednn import PackedLinear
+from app.engine.onednn import PackedLinear
+
+torch.set_num_threads(1)
 
 def rss_mib():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
@@ -116,30 +149,35 @@ with torch.inference_mode():
     for rows in range(1, 129):
         [layer(torch.randn(rows, 384)) for layer in layers]
     start = rss_mib()
-    for rows in range(129, 1200, 3):  # a new row count every pass, as padding-free batches have
+    for rows in range(129, 1200, 6):  # a new row count every pass, as padding-free batches have
         [layer(torch.randn(rows, 384)) for layer in layers]
 print(rss_mib() - start)
 """
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_across_row_counts() -> None:
-    # Unbucketed, each row count cost ~1.5 MiB here: 357 counts grew the process ~500 MiB.
+    # Unbucketed, each row count cost ~1.5 MiB here: 179 counts would grow it ~250 MiB.
     out = subprocess.run(
         [sys.executable, "-c", _GROWTH_SCRIPT],
         env={k: v for k, v in os.environ.items() if not k.endswith("CACHE_CAPACITY")},
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    growth_mib = float(out.stdout.strip().splitlines()[-1])
-    assert growth_mib < 100, growth_mib
+    bounds, growth = out.stdout.strip().splitlines()[-2:]
+    assert bounds.split() == ["256", "256"]
+    assert float(growth) < 100, growth
 
 
 def test_row_counts_fall_into_few_buckets() -> None:
     counts = {onednn.bucket_rows(rows) for rows in range(1, onednn.CHUNK_ROWS + 1)}
     assert len(counts) == 16 and max(counts) == onednn.CHUNK_ROWS
+    assert [onednn.bucket_rows(rows) for rows in (1, 8, 9, 64, 65, 72, 73, 128)] == [
+        8, 8, 16, 64, 72, 72, 80, 128,
+    ]  # fmt: skip
     for rows in range(1, 9000):
         assert rows <= onednn.bucket_rows(rows) <= rows + max(7, rows // 8)
 

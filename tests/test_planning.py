@@ -1,13 +1,20 @@
+"""Batch planning: the padded planner, its cost model and how warm-up fits it, and the
+padding-free oldest-first rule."""
+
 from __future__ import annotations
 
 import random
 import threading
-import time
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from app.planning import CostModel, padded_width, plan_batches
+from app.core import bringup
+from app.core.planning import CostModel, oldest_first, padded_width, plan_batches
+from tests.conftest import make_settings
+from tests.fakes import FakeClassifier
 
 
 def _check_partition(batches: list[list[int]], count: int) -> None:
@@ -72,32 +79,6 @@ def test_cost_model_never_believes_passes_are_free() -> None:
     assert CostModel.fit([(1, 8, 0.5), (8, 8, 0.1)]) == CostModel()  # negative slope: refuse
 
 
-def test_calibration_times_every_worker_at_once(settings_for: Any) -> None:
-    """Passes are timed the way they run when serving: on all inference workers together."""
-    from app.classifier import HFClassifier
-    from app.startup import calibrate
-
-    settings = settings_for(inference_workers=3)
-    classifier = HFClassifier(settings)
-    active = {"now": 0, "max": 0}
-    lock = threading.Lock()
-
-    def timed_forward(rows: int, width: int) -> float:
-        with lock:
-            active["now"] += 1
-            active["max"] = max(active["max"], active["now"])
-        time.sleep(0.002)
-        with lock:
-            active["now"] -= 1
-        return 0.001 + 0.0001 * rows * width
-
-    classifier.timed_forward = timed_forward  # type: ignore[method-assign]
-    cost = calibrate(classifier, settings)
-    assert active["max"] == 3
-    assert cost.per_batch_s == pytest.approx(0.001)
-    assert cost.per_token_s == pytest.approx(0.0001)
-
-
 def test_fit_keeps_the_per_pass_cost_when_a_large_pass_is_noisy() -> None:
     # A 4% error on the largest pass is 9 ms, more than the whole per-pass cost: fitted on
     # absolute error it moves the intercept by 14%; on relative error by under 3%.
@@ -110,26 +91,75 @@ def test_fit_keeps_the_per_pass_cost_when_a_large_pass_is_noisy() -> None:
     assert cost.per_token_s == pytest.approx(0.0003, rel=0.03)
 
 
-@pytest.mark.parametrize("unpadded", ["auto", "off"])
-def test_only_the_padded_forward_pays_for_calibration(settings_for: Any, unpadded: str) -> None:
-    from app.classifier import HFClassifier
-    from app.startup import warm_up_and_calibrate
+def test_padding_free_batches_take_the_oldest_texts_up_to_the_limits() -> None:
+    lengths = [5, 40, 6, 7, 8]
+    # Lengths do not matter for the cost, so arrival order decides, up to the row limit.
+    assert oldest_first(lengths, max_rows=3, max_tokens=1000) == 3
+    assert oldest_first(lengths, max_rows=10, max_tokens=1000) == 5
+    # 3 rows x 40 tokens would pass 100: the token bound stops at 2 rows.
+    assert oldest_first(lengths, max_rows=3, max_tokens=100) == 2
+    assert oldest_first([40, 5, 6], max_rows=3, max_tokens=100) == 2
+    # A single text always fits, however long.
+    assert oldest_first([500, *lengths], max_rows=3, max_tokens=100) == 1
+    assert oldest_first([], max_rows=3, max_tokens=100) == 0
 
-    settings = settings_for(unpadded=unpadded)
-    classifier = HFClassifier(settings)
-    calls: list[tuple[int, int]] = []
 
-    def timed_forward(rows: int, width: int) -> float:
-        calls.append((rows, width))
-        return 0.001 + 0.0001 * rows * width
+class _Clock:
+    """perf_counter for app.core.bringup: per thread, moved on only by the fake's passes."""
 
-    classifier.timed_forward = timed_forward  # type: ignore[method-assign]
-    cost = warm_up_and_calibrate(classifier, settings)
-    shapes = set(calls)
-    if unpadded == "auto":  # padding-free: the planner is not used, one warm-up pass per shape
-        assert classifier.padding_free
-        assert cost == CostModel()
-        assert len(calls) == len(shapes)
-    else:  # warm-up plus three timed passes per shape, and a fitted model
-        assert len(calls) == 4 * len(shapes)
-        assert cost.per_batch_s == pytest.approx(0.001)
+    def __init__(self, per_batch_s: float, per_token_s: float) -> None:
+        self.per_batch_s = per_batch_s
+        self.per_token_s = per_token_s
+        self._local = threading.local()
+
+    def perf_counter(self) -> float:
+        return float(getattr(self._local, "now", 0.0))
+
+    def on_pass(self, rows: Sequence[Sequence[int]]) -> None:
+        width = max(map(len, rows))  # warm-up passes are full rows of filler
+        cost = self.per_batch_s + self.per_token_s * len(rows) * width
+        self._local.now = self.perf_counter() + cost
+
+
+def _warm_up(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path, fake: FakeClassifier, **overrides: int
+) -> CostModel:
+    clock = _Clock(per_batch_s=0.001, per_token_s=0.0001)
+    monkeypatch.setattr(bringup, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    barrier = threading.Barrier(fake.workers, timeout=30)
+
+    def on_pass(rows: Sequence[Sequence[int]]) -> None:
+        barrier.wait()  # every worker passes at once, or this breaks
+        clock.on_pass(rows)
+
+    fake.on_pass = on_pass
+    return bringup.warm_up(fake, make_settings(tiny_model, **overrides))
+
+
+def test_warm_up_fits_the_padded_planner_on_every_worker_at_once(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path
+) -> None:
+    """Passes are timed as they run when serving: on all inference workers together."""
+    fake = FakeClassifier(padding_free=False, workers=3)
+    cost = _warm_up(monkeypatch, tiny_model, fake)
+    assert cost.per_batch_s == pytest.approx(0.001)
+    assert cost.per_token_s == pytest.approx(0.0001)
+    shapes = [(1, 8), (1, 32), (2, 16), (4, 32), (8, 32), (16, 48)]
+    # Per shape and worker: one warm-up pass, then the fastest of three timed ones.
+    assert fake.batches == [shape for shape in shapes for _ in range(3 * 4)]
+
+
+def test_warm_up_keeps_to_the_batch_limits(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path
+) -> None:
+    fake = FakeClassifier(padding_free=False, max_length=24)
+    _warm_up(monkeypatch, tiny_model, fake, max_batch_size=4, max_batch_tokens=64)
+    # Rows cut to 4 and widths to 24 tokens; (4, 24) would pass 64 tokens and is left out.
+    assert fake.batches == [shape for shape in [(1, 8), (1, 24), (2, 16)] for _ in range(4)]
+
+
+def test_padding_free_warm_up_only_warms(monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> None:
+    fake = FakeClassifier(padding_free=True, workers=2)
+    assert _warm_up(monkeypatch, tiny_model, fake) == CostModel()  # the planner is not used
+    shapes = [(1, 8), (1, 32), (2, 16), (4, 32), (8, 32), (16, 48)]
+    assert fake.batches == [shape for shape in shapes for _ in range(2)]  # one pass per worker

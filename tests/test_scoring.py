@@ -3,7 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.scoring import activate, activation_for, decide
+from app.core.scoring import LabelScore, Prediction, decide
+from app.engine.base import Encoded, activate, activation_for
+
+SHORT = Encoded(ids=[101, 7, 102], num_tokens=3, truncated=False)
 
 
 @pytest.mark.parametrize(
@@ -35,7 +38,8 @@ def test_sigmoid_scores_are_independent() -> None:
 
 def test_decide_ranks_scores_and_applies_top_k() -> None:
     scores = np.array([0.1, 0.7, 0.2], dtype=np.float32)
-    decision = decide(scores, ["a", "b", "c"], "softmax", 0.5, top_k=2)
+    decision = decide(scores, SHORT, ["a", "b", "c"], "softmax", 0.5, top_k=2)
+    assert isinstance(decision, Prediction)
     assert decision.label == "b"
     assert decision.confidence == pytest.approx(0.7)
     assert [s.label for s in decision.scores] == ["b", "c"]
@@ -44,9 +48,35 @@ def test_decide_ranks_scores_and_applies_top_k() -> None:
 
 def test_decide_multi_label_uses_the_threshold() -> None:
     scores = np.array([0.9, 0.2, 0.6], dtype=np.float32)
-    decision = decide(scores, ["a", "b", "c"], "sigmoid", 0.5, top_k=None)
+    decision = decide(scores, SHORT, ["a", "b", "c"], "sigmoid", 0.5, top_k=None)
     assert decision.predicted_labels == ["a", "c"]
     assert len(decision.scores) == 3
-    nothing = decide(np.array([0.1, 0.2], dtype=np.float32), ["a", "b"], "sigmoid", 0.5, None)
+    low = np.array([0.1, 0.2], dtype=np.float32)
+    nothing = decide(low, SHORT, ["a", "b"], "sigmoid", 0.5, None)
     assert nothing.predicted_labels == []
     assert nothing.label == "b"
+
+
+def test_decide_reports_the_token_count_and_truncation() -> None:
+    cut = Encoded(ids=[101, 7, 102], num_tokens=40, truncated=True)
+    decision = decide(np.array([0.25, 0.75], dtype=np.float32), cut, ["a", "b"], "softmax", 0.5, 1)
+    assert decision == Prediction(
+        label="b",
+        confidence=0.75,
+        scores=[LabelScore(label="b", score=0.75)],
+        predicted_labels=["b"],
+        num_tokens=40,
+        truncated=True,
+    )
+
+
+def test_ties_keep_the_label_order_and_the_threshold_is_inclusive() -> None:
+    scores = np.array([0.5, 0.5, 0.25], dtype=np.float32)
+    decision = decide(scores, SHORT, ["a", "b", "c"], "sigmoid", 0.5, None)
+    assert [s.label for s in decision.scores] == ["a", "b", "c"]
+    assert decision.label == "a" and decision.predicted_labels == ["a", "b"]
+
+
+def test_regression_scores_pass_through() -> None:
+    logits = np.array([[-3.5], [2.0]], dtype=np.float32)
+    assert activate(logits, "none").tolist() == [[-3.5], [2.0]]

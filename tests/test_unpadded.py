@@ -1,4 +1,4 @@
-"""The padding-free forward (app/unpadded.py) against the model's own padded forward."""
+"""The padding-free forward (app/engine/unpadded.py) against the model's own padded forward."""
 
 from __future__ import annotations
 
@@ -8,14 +8,35 @@ from typing import Any
 
 import numpy as np
 import pytest
-from transformers import DistilBertConfig, DistilBertForSequenceClassification
+import torch
+from torch import nn
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+)
 
-from app.batching import Batcher, BatchLimits, _Item
-from app.classifier import HFClassifier
-from app.metrics import Metrics
-from app.planning import CostModel
-from app.unpadded import supports
+from app.config import Settings
+from app.engine.base import FloatArray
+from app.engine.hf import HFClassifier
+from app.engine.unpadded import UnpaddedForward, supports
 from tests.conftest import make_settings
+from tests.sharp_model import sharpened_copy
+
+# dtype/quantize settings, and how close to the padded forward the scores must be: float32
+# to float rounding; bfloat16 to its rounding; int8 quantizes activations per batch with one
+# scale over the whole tensor, and the padded batch has pad tokens in it.
+VARIANTS = {
+    "float32": ({}, 1e-5),
+    "bfloat16": ({"dtype": "bfloat16"}, 1e-2),
+    "int8": ({"quantize": "int8"}, 3e-2),
+}
+
+
+def _settings(path: Path, **overrides: Any) -> Settings:
+    # One intra-op thread: these models are tiny, and the test machine is shared.
+    return make_settings(path, torch_threads=1, **overrides)
 
 
 def _rows(count: int, seed: int) -> list[list[int]]:
@@ -27,103 +48,135 @@ def _rows(count: int, seed: int) -> list[list[int]]:
     ]
 
 
+def _same_length(count: int, length: int) -> list[list[int]]:
+    rows = [row[:length] for row in _rows(8 * count, seed=5) if len(row) >= length][:count]
+    assert len(rows) == count
+    return rows
+
+
+@pytest.fixture(scope="module")
+def sharp(
+    tiny_model: Path,
+    tiny_multilabel_model: Path,
+    tiny_single_logit_model: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sharp")
+    sources = {
+        "tiny_model": tiny_model,
+        "tiny_multilabel_model": tiny_multilabel_model,
+        "tiny_single_logit_model": tiny_single_logit_model,
+    }
+    return {name: sharpened_copy(path, root / name, seed=3) for name, path in sources.items()}
+
+
+@pytest.fixture(params=["scripted", "eager"])
+def compiled(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Whether TorchScript compiles the forward; `eager` makes it fail, as on a model it
+    cannot compile."""
+    if request.param == "eager":
+
+        def refuse(module: Any) -> Any:
+            raise RuntimeError("TorchScript cannot compile this")
+
+        monkeypatch.setattr(torch.jit, "script", refuse)
+    return bool(request.param == "scripted")
+
+
+def _both(classifier: HFClassifier) -> tuple[UnpaddedForward, Any]:
+    """The padding-free forward, and a function giving (padded, padding-free) scores."""
+    forward = UnpaddedForward(classifier.model)
+
+    def run(rows: list[list[int]]) -> tuple[FloatArray, FloatArray]:
+        width = max(map(len, rows))
+        classifier.use_forward("padded", None)
+        padded = classifier.forward(rows, width)
+        classifier.use_forward("unpadded", forward)
+        assert classifier.padding_free
+        return padded, classifier.forward(rows, width)
+
+    return forward, run
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize(
     "fixture", ["tiny_model", "tiny_multilabel_model", "tiny_single_logit_model"]
 )
-def test_scores_equal_the_padded_forward(fixture: str, request: Any) -> None:
-    path: Path = request.getfixturevalue(fixture)
-    unpadded = HFClassifier(make_settings(path))
-    padded = HFClassifier(make_settings(path, unpadded="off"))
-    assert unpadded.padding_free and not padded.padding_free
+def test_scores_equal_the_padded_forward(
+    sharp: dict[str, Path], fixture: str, variant: str, compiled: bool
+) -> None:
+    overrides, tolerance = VARIANTS[variant]
+    classifier = HFClassifier(_settings(sharp[fixture], **overrides))
+    forward, run = _both(classifier)
+    assert forward.scripted == compiled and forward.onednn_layers == 0
     for count in (1, 2, 7, 16):
-        rows = _rows(count, seed=count)
-        width = max(map(len, rows))
-        got = unpadded.forward(rows, width)
-        want = padded.forward(rows, width)
-        np.testing.assert_allclose(got, want, atol=1e-5)
-        # A text's scores do not depend on what it is batched with.
-        alone = np.stack([unpadded.forward([row], len(row))[0] for row in rows])
-        np.testing.assert_allclose(got, alone, atol=1e-5)
+        padded, got = run(_rows(count, seed=count))
+        np.testing.assert_allclose(got, padded, atol=tolerance)
+    # A text's scores do not depend on what it is batched with.
+    rows = _rows(7, seed=7)
+    alone = np.stack([run([row])[1][0] for row in rows])
+    np.testing.assert_allclose(run(rows)[1], alone, atol=tolerance)
     # Texts of one length take the path without scatter or mask.
-    same = [row[:9] for row in _rows(40, seed=5) if len(row) >= 9][:6]
-    assert len(same) == 6
-    np.testing.assert_allclose(unpadded.forward(same, 9), padded.forward(same, 9), atol=1e-5)
+    padded, got = run(_same_length(6, 9))
+    np.testing.assert_allclose(got, padded, atol=tolerance)
+    if fixture == "tiny_model":  # the texts' scores differ far more than float rounding
+        assert np.ptp(padded, axis=0).max() > 0.1
 
 
-def test_float_layers_project_query_key_value_in_one_pass(tiny_model: Path) -> None:
-    unpadded = HFClassifier(make_settings(tiny_model))._unpadded
-    assert unpadded is not None and len(unpadded.fused_qkv) == 2  # one per layer
+@pytest.mark.parametrize("variant", ["float32", "int8"])
+def test_the_scripted_forward_equals_the_eager_one(
+    sharp: dict[str, Path], variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    overrides, _ = VARIANTS[variant]
+    classifier = HFClassifier(_settings(sharp["tiny_model"], **overrides))
+    scripted = UnpaddedForward(classifier.model)
+    monkeypatch.setattr(torch.jit, "script", _refuse)
+    eager = UnpaddedForward(classifier.model)
+    assert scripted.scripted and not eager.scripted
+    rows_sets = (_rows(7, seed=1), _same_length(6, 9), _rows(1, seed=2), _rows(40, seed=3))
+    with torch.inference_mode():
+        for rows in rows_sets:
+            torch.testing.assert_close(scripted(rows), eager(rows), rtol=0, atol=1e-6)
 
 
-def test_other_architectures_keep_the_padded_forward() -> None:
+def _refuse(module: Any) -> Any:
+    raise RuntimeError("TorchScript cannot compile this")
+
+
+def test_float_layers_project_query_key_value_in_one_pass(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.jit, "script", _refuse)  # the eager module, to look in
+    float_layers = UnpaddedForward(HFClassifier(_settings(tiny_model)).model)._run.layers
+    assert len(float_layers) == 2
+    assert all(
+        type(layer.qkv) is nn.Linear and layer.qkv.out_features == 96 for layer in float_layers
+    )
+    # int8 layers keep their own kernels (and scales): no fused float copy of their weights.
+    quantized = HFClassifier(_settings(tiny_model, quantize="int8")).model
+    int8_layers = UnpaddedForward(quantized)._run.layers
+    assert all(not isinstance(layer.qkv, nn.Linear) for layer in int8_layers)
+
+
+def _bert(**overrides: Any) -> Any:
+    options: dict[str, Any] = {
+        "vocab_size": 50,
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 32,
+    } | overrides
+    return BertForSequenceClassification(BertConfig(**options)).eval()
+
+
+def test_only_the_bert_it_reproduces_is_supported() -> None:
+    assert supports(_bert())
+    assert not supports(_bert(position_embedding_type="relative_key"))
+    assert not supports(_bert(hidden_act="gelu_new"))
+    assert not supports(_bert(is_decoder=True))
     config = DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32)
     assert not supports(DistilBertForSequenceClassification(config))
     assert not supports(object())
-
-
-def test_int8_model_runs_padding_free_too(tiny_model: Path) -> None:
-    quantized = HFClassifier(make_settings(tiny_model, quantize="int8"))
-    reference = HFClassifier(make_settings(tiny_model, quantize="int8", unpadded="off"))
-    assert quantized.padding_free
-    # int8 Linear layers keep their own kernels: no fused float copy of their weights.
-    assert quantized._unpadded is not None and not quantized._unpadded.fused_qkv
-    rows = _rows(5, seed=1)
-    width = max(map(len, rows))
-    np.testing.assert_allclose(
-        quantized.forward(rows, width), reference.forward(rows, width), atol=1e-4
-    )
-
-
-class _NoModel:
-    def forward(self, rows: Any, width: int, alone: bool = False) -> Any:
-        raise AssertionError("not called")
-
-    def release_cached_memory(self) -> None:
-        pass
-
-
-def _batcher(max_rows: int, max_tokens: int) -> Batcher:
-    limits = BatchLimits(max_rows, max_tokens, max_wait_s=0, max_queue=10, padding_free=True)
-    return Batcher(_NoModel(), limits, Metrics(), CostModel())
-
-
-def test_padding_free_batches_take_the_oldest_texts_up_to_the_limits() -> None:
-    future: Any = None
-    items = [_Item(ids=[1] * n, future=future) for n in (5, 40, 6, 7, 8)]
-    # Lengths do not matter for the cost, so arrival order decides, up to 3 rows.
-    assert _batcher(3, 1000)._plan(items, 3) == items[:3]
-    assert _batcher(3, 1000)._plan(items, 2) == items[:2]  # a share for another thread
-    # 3 rows x 40 tokens would pass 100: the token bound stops at 2 rows.
-    assert _batcher(3, 100)._plan(items, 3) == items[:2]
-    # A single text always fits, however long.
-    huge = _Item(ids=[1] * 500, future=future)
-    assert _batcher(3, 100)._plan([huge, *items], 3) == [huge]
-
-
-@pytest.mark.parametrize("onednn_linear", ["auto", "off"])
-def test_the_scripted_forward_equals_the_eager_one(tiny_model: Path, onednn_linear: str) -> None:
-    scripted = HFClassifier(make_settings(tiny_model, onednn_linear=onednn_linear))
-    eager = HFClassifier(make_settings(tiny_model, onednn_linear=onednn_linear, scripted="off"))
-    assert scripted.scripted and not eager.scripted
-    assert eager._unpadded is not None and eager._unpadded.scripted is None
-    # Mixed lengths (scatter and mask), one length (neither), a lone text, and more rows
-    # than one oneDNN chunk.
-    same = [row[:9] for row in _rows(60, seed=5) if len(row) >= 9][:6]
-    for rows in (_rows(7, seed=1), same, _rows(1, seed=2), _rows(40, seed=3)):
-        width = max(map(len, rows))
-        np.testing.assert_allclose(
-            scripted.forward(rows, width), eager.forward(rows, width), atol=1e-5
-        )
-
-
-def test_the_scripted_int8_forward_equals_the_eager_one(tiny_model: Path) -> None:
-    # Dynamic int8 layers script too: their query, key and value stay three layers.
-    scripted = HFClassifier(make_settings(tiny_model, quantize="int8"))
-    eager = HFClassifier(make_settings(tiny_model, quantize="int8", scripted="off"))
-    assert scripted.scripted and not eager.scripted
-    assert scripted._unpadded is not None and not scripted._unpadded.fused_qkv
-    for rows in (_rows(7, seed=1), _rows(1, seed=2), _rows(40, seed=3)):
-        width = max(map(len, rows))
-        np.testing.assert_allclose(
-            scripted.forward(rows, width), eager.forward(rows, width), atol=1e-5
-        )
+    with pytest.raises(ValueError, match="not a BERT classifier"):
+        UnpaddedForward(DistilBertForSequenceClassification(config))

@@ -94,6 +94,7 @@ class HFClassifier:
         self.dtype = resolve_dtype(settings.dtype, self.device)
         if settings.quantize == "int8" and self.device.type != "cpu":
             raise ModelLoadError("TEXTCLF_QUANTIZE=int8 is a CPU option; use float16 on CUDA")
+        self.quantize = settings.quantize
         self.workers = settings.inference_workers or default_workers(self.device.type)
         self.threads = settings.torch_threads or max(1, cpu_count() // self.workers)
         torch.set_num_threads(self.threads)

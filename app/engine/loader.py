@@ -66,8 +66,8 @@ def forward_candidates(classifier: HFClassifier) -> tuple[list[ForwardPath], str
         return ["padded"], "the padding-free forward is CPU-only"
     if not unpadded.supports(classifier.model):
         return ["padded"], f"no padding-free forward for {classifier.architecture}"
-    if classifier.dtype != torch.float32 or not onednn.available():
-        return ["padded", "unpadded"], "oneDNN packing needs float32 weights and oneDNN"
+    if classifier.quantize != "none" or classifier.dtype != torch.float32 or not onednn.available():
+        return ["padded", "unpadded"], "oneDNN packing needs float32 (not int8) weights and oneDNN"
     return ["padded", "unpadded", "unpadded_onednn"], ""
 
 
@@ -81,8 +81,10 @@ def _probe_batches(classifier: HFClassifier, max_rows: int) -> list[list[list[in
     """A full batch of mixed lengths (throughput) and a lone short text (latency)."""
     rows = min(max_rows, 32)
     longest = min(48, classifier.max_length)
-    lengths = [max(2, 8 + (i * 7) % (longest - 7)) for i in range(rows)]
-    return [[[classifier.filler_id] * n for n in lengths], [[classifier.filler_id] * 12]]
+    spread = max(1, longest - 7)  # lengths 8 to `longest`; all `longest` under 8 tokens
+    lengths = [min(longest, 8 + (i * 7) % spread) for i in range(rows)]
+    lone = [classifier.filler_id] * min(12, longest)
+    return [[[classifier.filler_id] * n for n in lengths], [lone]]
 
 
 def _fastest(

@@ -2,7 +2,7 @@
 
 `nn.Linear` on the CPU runs MKL's sgemm; oneDNN's kernel on a weight reordered once is faster
 on some CPUs and slower on others, so the loader times both at start-up
-(app/engine/forward_choice.py). torch exposes that kernel only as private ops
+(app/engine/loader.py). torch exposes that kernel only as private ops
 (`mkldnn::_reorder_linear_weight`, `mkldnn::_linear_pointwise`): a layer is swapped only after
 its output matched `nn.Linear`'s on a probe, and a torch without them keeps `nn.Linear`.
 """

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 # A thread between two forward passes needs the GIL for a moment; CPython's 5 ms default
-# left it idle behind the busy event loop (BENCHMARKS.md, decisions table).
+# left it idle behind the busy event loop (BENCHMARKS.md, decisions).
 GIL_SWITCH_INTERVAL_S = 0.0002
 # Requests allocate many short-lived containers; a larger gen0 lets them die by refcount
-# instead of being promoted into the slow generations (BENCHMARKS.md).
+# instead of being promoted into the slow generations (BENCHMARKS.md, decisions).
 GC_GEN0_THRESHOLD = 20_000
 # oneDNN keeps a kernel per shape; the packed Linear runs at most 16 row counts per shape.
 _ONEDNN_CACHE_ENTRIES = "256"
@@ -32,8 +32,8 @@ def configure_process() -> None:
 
 
 def freeze_heap() -> None:
-    """Move the loaded model's ~400,000 Python objects out of the cyclic collector's reach:
-    a full collection over them held the GIL for 250-300 ms."""
+    """Move the loaded model's Python objects (hundreds of thousands) out of the cyclic
+    collector's reach: a full collection over them holds the GIL for a long pause."""
     gc.collect()
     gc.freeze()
 

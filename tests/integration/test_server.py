@@ -63,8 +63,15 @@ def test_obvious_sentences_get_the_right_label(server: ServerProcess) -> None:
 def test_model_info_and_cold_start(server: ServerProcess) -> None:
     info = httpx.get(f"{server.url}/model", timeout=10).json()
     assert info["labels"] == ["negative", "neutral", "positive"]
-    assert info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["device"] == "cpu" and info["dtype"] == "float32" and info["quantize"] == "none"
     assert info["revision"], "the default model records its build cache key"
+    # Chosen at start-up by timing each candidate; the reason carries the timings.
+    assert info["forward"] in {"padded", "unpadded", "unpadded_onednn"}
+    assert (
+        info["forward_reason"].startswith("fastest at start-up") and " ms" in info["forward_reason"]
+    )
+    assert "onednn_linear_layers" not in info and "alone_pass_threads" not in info["batching"]
+    assert info["batching"]["inference_workers"] >= 1
     assert server.ready_after_s is not None
     print(f"cold start to ready: {server.ready_after_s:.2f} s")  # noqa: T201
 
@@ -154,7 +161,12 @@ def test_a_client_that_hangs_up_is_dropped(server: ServerProcess) -> None:
 
 
 def test_overload_answers_every_request(model_path: Path, spawn) -> None:
-    server = spawn(model_path, MAX_QUEUE_SIZE="16", MAX_ITEMS_PER_REQUEST="16", MAX_BATCH_SIZE="8")
+    server = spawn(
+        model_path,
+        TEXTCLF_MAX_QUEUE_SIZE="16",
+        TEXTCLF_MAX_ITEMS_PER_REQUEST="16",
+        TEXTCLF_MAX_BATCH_SIZE="8",
+    )
     server.wait_ready()
 
     async def flood() -> list[httpx.Response | BaseException]:
@@ -180,9 +192,9 @@ def test_overload_answers_every_request(model_path: Path, spawn) -> None:
 
 
 def test_sigterm_drains_in_flight_requests(model_path: Path, spawn) -> None:
-    server = spawn(model_path, GRACEFUL_TIMEOUT_S="20")
+    server = spawn(model_path, TEXTCLF_GRACEFUL_TIMEOUT_S="20")
     server.wait_ready()
-    # 192 long texts (within MAX_QUEUE_SIZE): the work sent before SIGTERM takes seconds,
+    # 192 long texts (within TEXTCLF_MAX_QUEUE_SIZE): the work sent before SIGTERM takes seconds,
     # so it is still running when readiness is probed.
     long_text = " ".join([SENTENCES[6]] * 3)
     body = {"texts": [f"{long_text} #{i}" for i in range(64)]}
@@ -226,4 +238,18 @@ def test_broken_model_folder_exits_with_one_clear_line(
     log = (tmp_path / "server-0.log").read_text()
     errors = [line for line in log.splitlines() if "cannot serve" in line]
     assert len(errors) == 1 and "MODEL_PATH=" in errors[0]
+    assert "Traceback" not in log
+
+
+def test_the_forward_pass_is_set_by_its_variable(tiny_model: Path, spawn, tmp_path: Path) -> None:
+    forced = spawn(tiny_model, TEXTCLF_FORWARD="unpadded")
+    forced.wait_ready()
+    info = httpx.get(f"{forced.url}/model", timeout=10).json()
+    assert (info["forward"], info["forward_reason"]) == ("unpadded", "set by TEXTCLF_FORWARD")
+    # int8 weights cannot be packed for oneDNN: asked for anyway, the server says so and exits.
+    refused = spawn(tiny_model, TEXTCLF_FORWARD="unpadded_onednn", TEXTCLF_QUANTIZE="int8")
+    assert refused.process.wait(60) == 3
+    log = (tmp_path / "server-1.log").read_text()
+    errors = [line for line in log.splitlines() if "cannot serve" in line]
+    assert len(errors) == 1 and "TEXTCLF_FORWARD=unpadded_onednn is unavailable" in errors[0]
     assert "Traceback" not in log
