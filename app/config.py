@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     quantize: Literal["none", "int8"] = Field(
         "none", description="int8: dynamic int8 quantization of Linear layers (CPU only)"
     )
-    forward: Literal["auto"] | ForwardPath = Field(
+    forward: Literal["auto", ForwardPath] = Field(  # one Literal: one error line
         "auto",
         description="the forward pass: auto times each one this model and device support at "
         "start-up and keeps the fastest; padded (the model's own), unpadded (texts "

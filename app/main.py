@@ -122,6 +122,11 @@ def create_app(
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,
-        known_paths=frozenset(getattr(r, "path", "") for r in app.routes),
+        # The included routers' own routes: FastAPI lists an included router as one entry.
+        known_paths=frozenset(
+            getattr(route, "path", "")
+            for routes in (app.routes, predict_router.routes, router.routes)
+            for route in routes
+        ),
     )
     return app

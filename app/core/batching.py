@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from app.core.errors import Draining, InferenceFailed, Overloaded, ResourceExhausted
-from app.core.passes import batch_width, forward_splitting
+from app.core.passes import TokenRate, batch_width, forward_splitting
 from app.core.planning import CostModel, oldest_first, plan_batches
 from app.engine.base import Classifier, FloatArray
 from app.metrics import Metrics
@@ -20,11 +19,6 @@ from app.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 _IDLE_GAP_S = 0.05  # after this long without a batch, the next text runs at once
-_RATE_SMOOTHING = 0.2
-
-
-def _smooth(old: float, new: float) -> float:
-    return new if old == 0 else (1 - _RATE_SMOOTHING) * old + _RATE_SMOOTHING * new
 
 
 @dataclass(frozen=True)
@@ -77,9 +71,7 @@ class Batcher:
         self._last_end = 0.0
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Texts differ a hundredfold in length: tokens per second measure the queue's work.
-        self._token_rate = 0.0
-        self._tokens_per_text = 0.0
+        self._rate = TokenRate()
         metrics.queue_depth.set_function(lambda: len(self._pending))
 
     @property
@@ -108,12 +100,9 @@ class Batcher:
                 item.future.set_exception(Draining("the service is shutting down", retry_after=1))
 
     def retry_after(self, extra: int = 0) -> int:
-        """Seconds until the queued tokens, plus `extra` texts of the recent mean length, should
-        have run at the recent token rate (1 text/s before anything was measured)."""
-        if self._token_rate <= 0:
-            return max(1, min(60, self.queued + extra))
-        work = sum(len(item.ids) for item in self._pending) + extra * self._tokens_per_text
-        return max(1, min(60, math.ceil(work / self._token_rate)))
+        """Seconds until the queue, plus `extra` texts, should have run (1 to 60)."""
+        queued = [len(item.ids) for item in self._pending]
+        return self._rate.seconds_for(queued, extra)
 
     def check_capacity(self, count: int) -> None:
         if self._closed:
@@ -269,7 +258,4 @@ class Batcher:
         m.batch_tokens.observe(padded)
         m.padding_efficiency.observe(real_tokens / padded if padded else 1.0)
         m.inference.observe(seconds)
-        if seconds > 0:
-            rate = real_tokens / seconds * self._model.workers  # passes overlap
-            self._token_rate = _smooth(self._token_rate, rate)
-            self._tokens_per_text = _smooth(self._tokens_per_text, real_tokens / rows)
+        self._rate.observe(real_tokens, rows, seconds, self._model.workers)

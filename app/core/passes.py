@@ -1,7 +1,8 @@
-"""One forward pass as the batcher runs it: padded width, out-of-memory splitting, checks."""
+"""Forward passes as the batcher runs them: width, out-of-memory splitting, token rate."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from app.core.planning import padded_width
@@ -34,3 +35,31 @@ def forward_splitting(
     if len(result) != len(rows):  # fail the batch now, not at each request's deadline
         raise RuntimeError(f"the model returned {len(result)} rows for {len(rows)} texts")
     return result, False
+
+
+class TokenRate:
+    """Real tokens per second over all workers, and tokens per text, both smoothed. Texts
+    differ a hundredfold in length, so tokens, not texts, measure the queue's work."""
+
+    SMOOTHING = 0.2
+
+    def __init__(self) -> None:
+        self.tokens_per_second = 0.0
+        self.tokens_per_text = 0.0
+
+    def observe(self, tokens: int, texts: int, seconds: float, workers: int) -> None:
+        if seconds <= 0 or texts <= 0:
+            return
+        self.tokens_per_second = self._smooth(self.tokens_per_second, tokens / seconds * workers)
+        self.tokens_per_text = self._smooth(self.tokens_per_text, tokens / texts)
+
+    def seconds_for(self, queued: Sequence[int], extra_texts: int = 0) -> int:
+        """Seconds until `queued` token counts plus `extra_texts` of the mean length should
+        have run, 1 to 60 (one text per second before anything was measured)."""
+        if self.tokens_per_second <= 0:
+            return max(1, min(60, len(queued) + extra_texts))
+        work = sum(queued) + extra_texts * self.tokens_per_text
+        return max(1, min(60, math.ceil(work / self.tokens_per_second)))
+
+    def _smooth(self, old: float, new: float) -> float:
+        return new if old == 0 else (1 - self.SMOOTHING) * old + self.SMOOTHING * new

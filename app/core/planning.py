@@ -31,14 +31,11 @@ class CostModel:
     def fit(cls, samples: Sequence[tuple[int, int, float]]) -> CostModel:
         """Least squares over (rows, width, seconds); falls back to defaults if degenerate.
 
-        The fit minimises relative, not absolute, error: plain least squares lets the few
-        large passes dominate and leaves the per-pass cost to noise (it fitted 3 ms where
-        passes of 1 to 32 rows measured 7 ms on the default model), and that cost is what
-        decides between one batch and two. The per-pass cost is also kept at no less than a
-        quarter of the smallest sample's time:
-        timings taken on a busy machine can put the intercept near zero, and a planner that
-        believes passes are free runs one text per pass (batching off by accident).
-        Overestimating it only costs some padding.
+        Relative error, not absolute: otherwise the few large passes dominate and leave the
+        per-pass cost, which decides between one batch and two, to noise. That cost is kept at
+        no less than a quarter of the smallest sample's time: a busy machine can put the
+        intercept near zero, and a planner that believes passes are free runs one text per
+        pass. Overestimating it only costs some padding.
         """
         if len(samples) < 2:
             return cls()

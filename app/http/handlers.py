@@ -69,7 +69,9 @@ def validation_message(exc: RequestValidationError) -> str:
             continue
         if err.get("type") == "none_required":  # the other branch of an optional field
             continue
-        if err.get("type") == "json_invalid" and "escape" in str(err.get("msg", "")):
+        # FastAPI puts the parser's own message (orjson's) in ctx["error"]
+        detail = f"{err.get('msg', '')} {(err.get('ctx') or {}).get('error', '')}"
+        if err.get("type") == "json_invalid" and ("escape" in detail or "surrogate" in detail):
             parts.append("body is not valid JSON text: a \\u escape is a lone surrogate or broken")
             continue
         loc = ".".join(_safe(str(p), _MAX_LOC_PART) for p in err.get("loc", ()) if _is_field(p))
