@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
@@ -13,7 +15,10 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.main import create_app
+from tests.fakes import FakeClassifier
 from tests.tiny_model import build_tiny_model
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -64,12 +69,56 @@ def settings_for(tiny_model: Path) -> Callable[..., Settings]:
     return build
 
 
-async def wait_ready(client: httpx.AsyncClient, timeout_s: float = 30.0) -> None:
-    import anyio
+@pytest.fixture(scope="session")
+def stub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder that passes the settings' checks, for apps that serve a fake classifier."""
+    path = tmp_path_factory.mktemp("stub")
+    (path / "config.json").write_text("{}")
+    return path
 
+
+@pytest.fixture
+def fake_settings(stub_model: Path) -> Callable[..., Settings]:
+    """Like `settings_for`, without building the tiny model: for apps on the fake."""
+
+    def build(**overrides: Any) -> Settings:
+        return make_settings(overrides.pop("model_path", stub_model), **overrides)
+
+    return build
+
+
+async def wait_ready(client: httpx.AsyncClient, timeout_s: float = 30.0) -> None:
     with anyio.fail_after(timeout_s):
         while (await client.get("/ready")).status_code != 200:
             await anyio.sleep(0.02)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Poll `condition` (state another thread changes) until it holds; fail after `timeout_s`."""
+    with anyio.fail_after(timeout_s):
+        while not condition():
+            await anyio.sleep(0.005)
+
+
+async def done_within(task: asyncio.Future[T], timeout_s: float = 5.0) -> T:
+    """The task's result once it ends by itself. Unlike `wait_for`, a timeout is never
+    delivered into the task as a cancellation (which code under test could turn into the
+    very outcome a test expects): the test fails, then the task is cancelled."""
+    await asyncio.wait({task}, timeout=timeout_s)
+    if not task.done():
+        task.cancel()
+        pytest.fail(f"not done within {timeout_s} s")
+    return task.result()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeClassifier]:
+    """A fake classifier (tests/fakes.py); a gate a test left closed is opened at the end, so
+    no inference thread stays blocked behind it."""
+    classifier = FakeClassifier()
+    yield classifier
+    if classifier.gate is not None:
+        classifier.gate.set()
 
 
 class AppClient:

@@ -1,24 +1,33 @@
-"""The HTTP contract, in process: shapes, every error path, request ids, probes, docs."""
+"""The HTTP contract, in process: shapes, every error path, request ids, probes, docs.
+
+Most tests serve the fake classifier (tests/fakes.py); the few that check real scores and what
+/model reports of a real model serve the tiny BERT model."""
 
 from __future__ import annotations
 
-import gc
-import sys
+import threading
 from typing import Any
 
 import pytest
 
-from app.schemas import BatchPredictResponse, SinglePredictResponse
-from app.startup import GC_GEN0_THRESHOLD
+from app.http.schemas import BatchPredictResponse, SinglePredictResponse
+from tests.conftest import until
 
 pytestmark = pytest.mark.anyio
 
 MARKER = "SECRET-INPUT-MARKER"
+LIMITS: dict[str, Any] = {"max_items_per_request": 4, "max_text_chars": 200}
 
 
 @pytest.fixture
-async def api(start_app, settings_for) -> Any:
-    return await start_app(settings_for(max_items_per_request=4, max_text_chars=200))
+async def api(start_app, fake_settings, fake) -> Any:
+    return await start_app(fake_settings(**LIMITS), factory=fake.factory)
+
+
+@pytest.fixture
+async def real_api(start_app, settings_for) -> Any:
+    """The tiny real model, on its own (padded) forward: no start-up timing of the others."""
+    return await start_app(settings_for(forward="padded", **LIMITS))
 
 
 def _assert_error(response, status: int, error_type: str) -> dict[str, Any]:
@@ -33,8 +42,8 @@ def _assert_error(response, status: int, error_type: str) -> dict[str, Any]:
     return body
 
 
-async def test_single_text(api) -> None:
-    response = await api.client.post("/predict", json={"text": "I love this movie"})
+async def test_single_text(real_api, tiny_model) -> None:
+    response = await real_api.client.post("/predict", json={"text": "I love this movie"})
     assert response.status_code == 200
     body = SinglePredictResponse.model_validate(response.json())
     assert body.label in {"negative", "neutral", "positive"}
@@ -42,36 +51,36 @@ async def test_single_text(api) -> None:
     assert sum(s.score for s in body.scores) == pytest.approx(1.0, abs=1e-5)
     assert body.num_tokens == 6 and body.truncated is False
     assert body.processing_time_ms > 0
+    assert body.model == tiny_model.name
 
 
-async def test_batch_keeps_input_order_and_top_k(api) -> None:
+async def test_batch_keeps_input_order_and_top_k(real_api) -> None:
     texts = ["good", "the flight was terrible", "I love this movie", "bad"]
-    response = await api.client.post("/predict", json={"texts": texts, "top_k": 1})
+    response = await real_api.client.post("/predict", json={"texts": texts, "top_k": 1})
     assert response.status_code == 200
     body = BatchPredictResponse.model_validate(response.json())
     assert len(body.predictions) == 4
     assert all(len(p.scores) == 1 for p in body.predictions)
     for text, prediction in zip(texts, body.predictions, strict=True):
-        alone = (await api.client.post("/predict", json={"text": text})).json()
+        alone = (await real_api.client.post("/predict", json={"text": text})).json()
         assert prediction.label == alone["label"]
         assert prediction.confidence == pytest.approx(alone["confidence"], abs=1e-5)
         assert prediction.num_tokens == alone["num_tokens"]
 
 
-async def test_start_sets_the_gil_switch_interval(start_app, settings_for) -> None:
-    before = sys.getswitchinterval()
-    try:
-        await start_app(settings_for(gil_switch_interval_ms=0.3))
-        assert sys.getswitchinterval() == pytest.approx(0.0003)
-    finally:
-        sys.setswitchinterval(before)
-
-
-async def test_start_freezes_the_loaded_heap(api) -> None:
-    # The model's objects are frozen, and requests no longer trigger a collection every
-    # 700 allocations (app/startup.py: settle_heap).
-    assert gc.get_freeze_count() > 10_000
-    assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD > 700
+async def test_model_info_of_the_real_model(real_api, tiny_model) -> None:
+    info = (await real_api.client.get("/model")).json()
+    assert info["name"] == tiny_model.name
+    assert info["labels"] == ["negative", "neutral", "positive"]
+    assert info["architecture"] == "BertForSequenceClassification"
+    assert info["max_length"] == 64 and info["activation"] == "softmax"
+    assert len(info["folder_sha256"]) == 64 and info["parameters"] > 0
+    assert info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["quantize"] == "none"
+    assert info["forward"] == "padded" and "TEXTCLF_FORWARD" in info["forward_reason"]
+    assert "onednn_linear_layers" not in info
+    assert "alone_pass_threads" not in info["batching"]
+    assert info["batching"]["inference_workers"] == 1
 
 
 async def test_body_without_content_type_is_read_as_json(api) -> None:
@@ -102,8 +111,9 @@ async def test_invalid_bodies_are_422(api, payload) -> None:
     _assert_error(await api.client.post("/predict", json=payload), 422, "validation")
 
 
-async def test_lone_surrogate_is_422_not_500(api) -> None:
-    body = b'{"text": "' + MARKER.encode() + b'\\ud800"}'
+@pytest.mark.parametrize("escape", [b"\\ud800", b"\\udc00", b"\\ud800\\u0041", b"\\ud8"])
+async def test_lone_surrogate_is_422_not_500(api, escape: bytes) -> None:
+    body = b'{"text": "' + MARKER.encode() + escape + b'"}'
     response = await api.client.post(
         "/predict", content=body, headers={"content-type": "application/json"}
     )
@@ -114,7 +124,7 @@ async def test_lone_surrogate_is_422_not_500(api) -> None:
 def test_schema_refuses_lone_surrogates_given_in_process() -> None:
     from pydantic import ValidationError
 
-    from app.schemas import PredictRequest
+    from app.http.schemas import PredictRequest
 
     with pytest.raises(ValidationError, match="lone surrogate"):
         PredictRequest.model_validate({"text": "ok\ud800"})
@@ -138,6 +148,25 @@ async def test_form_content_type_is_415(api) -> None:
     _assert_error(response, 415, "unsupported_media_type")
 
 
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("text/plain", 415),
+        ("multipart/form-data; boundary=x", 415),
+        ("application/json; charset=utf-8", 200),
+        ("application/vnd.api+json", 200),
+    ],
+)
+async def test_only_json_content_types_are_read(api, content_type: str, status: int) -> None:
+    response = await api.client.post(
+        "/predict", content=b'{"text": "good"}', headers={"content-type": content_type}
+    )
+    if status == 200:
+        assert response.status_code == 200, response.text
+    else:
+        _assert_error(response, status, "unsupported_media_type")
+
+
 async def test_limits_from_settings(api) -> None:
     too_many = await api.client.post("/predict", json={"texts": ["good"] * 5})
     assert "at most 4 items" in _assert_error(too_many, 422, "validation")["error"]
@@ -156,8 +185,8 @@ async def test_too_many_tokens_without_truncation(api) -> None:
     assert "82 tokens" in error and "limit of 64" in error
 
 
-async def test_body_over_the_limit_is_413(start_app, settings_for) -> None:
-    api = await start_app(settings_for(max_body_bytes=2048))
+async def test_body_over_the_limit_is_413(start_app, fake_settings, fake) -> None:
+    api = await start_app(fake_settings(max_body_bytes=2048), factory=fake.factory)
     big = {"text": MARKER + "a" * 4000}
     _assert_error(await api.client.post("/predict", json=big), 413, "too_large")
 
@@ -192,36 +221,48 @@ async def test_request_id_is_echoed_or_made(api) -> None:
     assert unsafe.headers["x-request-id"] != "a b\tc"
 
 
-async def test_probes_and_model_info(api) -> None:
+async def test_probes_and_model_info(api, fake) -> None:
     health = (await api.client.get("/health")).json()
     assert health == {"status": "ok", "model_loaded": True, "device": "cpu", "phase": "ready"}
     assert (await api.client.get("/ready")).json() == {"status": "ready"}
     info = (await api.client.get("/model")).json()
-    assert info["labels"] == ["negative", "neutral", "positive"]
+    assert info["name"] == fake.info.name and info["labels"] == fake.info.labels
     assert info["max_length"] == 64 and info["activation"] == "softmax"
-    assert len(info["folder_sha256"]) == 64
-    assert info["batching"]["max_items_per_request"] == 4
-    # Tiny BERT, 2 layers: per layer the fused query/key/value, attention output, FFN in
-    # and out (the separate query, key and value never run); pooler, head.
-    assert info["onednn_linear_layers"] == 2 * 4 + 2
+    assert info["folder_sha256"] == fake.info.folder_sha256
+    assert info["forward"] == "padded" and info["forward_reason"] == fake.info.forward_reason
+    assert info["quantize"] == "none" and info["multi_label_threshold"] == 0.5
+    batching = info["batching"]
+    assert batching["inference_workers"] == fake.workers
+    assert batching["torch_threads"] == fake.threads
+    assert batching["max_items_per_request"] == 4 and batching["max_text_chars"] == 200
 
 
-async def test_a_dead_inference_thread_fails_liveness(api) -> None:
+class _ThreadKiller(BaseException):
+    """Not an Exception: nothing in the batcher catches it, so the thread running it dies."""
+
+
+async def test_a_dead_inference_thread_fails_liveness(
+    start_app, fake_settings, fake, monkeypatch
+) -> None:
     """A loaded service whose inference thread died can never answer again: /health says so
     (an orchestrator restarts it) instead of 200 forever, and /ready and /predict name why."""
-    import threading
-
-    dead = threading.Thread(target=lambda: None)
-    dead.start()
-    dead.join()
-    api.app.state.lifecycle.service.batcher._threads.append(dead)
-    health = _assert_error(await api.client.get("/health"), 503, "internal")
+    died: list[type[BaseException]] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_type))
+    api = await start_app(fake_settings(request_timeout_s=0.3), factory=fake.factory)
+    assert (await api.client.get("/health")).status_code == 200
+    fake.error = _ThreadKiller()
+    lost = await api.client.post("/predict", json={"text": "good"})
+    _assert_error(lost, 504, "timeout")  # its answer never comes
+    batcher = api.app.state.lifecycle.service.batcher
+    await until(lambda: not batcher.alive)
+    assert died == [_ThreadKiller]
+    health = _assert_error(await api.client.get("/health"), 503, "not_ready")
     assert "inference threads have stopped" in health["error"]
     ready = _assert_error(await api.client.get("/ready"), 503, "not_ready")
     assert "inference threads have stopped" in ready["error"]
     predict = await api.client.post("/predict", json={"text": "good"})
     assert "inference threads have stopped" in _assert_error(predict, 503, "not_ready")["error"]
-    api.app.state.lifecycle.service.batcher._threads.remove(dead)
+    assert api.metric("textclf_ready") == 0
 
 
 async def test_metrics_count_requests_and_predictions(api) -> None:
@@ -246,10 +287,23 @@ async def test_openapi_documents_every_status_and_docs_load(api) -> None:
     spec = (await api.client.get("/openapi.json")).json()
     responses = spec["paths"]["/predict"]["post"]["responses"]
     assert {"200", "413", "415", "422", "499", "500", "503", "504"} == set(responses)
-    examples = spec["components"]["schemas"]["PredictRequest"]["examples"]
-    assert any("texts" in e for e in examples)
+    request = spec["components"]["schemas"]["PredictRequest"]
+    assert any("texts" in e for e in request["examples"])
+    # This deployment's limits, so generated clients and fuzzers know them.
+    fields = request["properties"]
+    assert fields["text"]["maxLength"] == 200
+    assert fields["texts"]["maxItems"] == 4 and fields["texts"]["items"]["maxLength"] == 200
+    error_types = spec["components"]["schemas"]["ErrorResponse"]["properties"]["error_type"]
+    assert {"overloaded", "draining", "timeout", "validation"} <= set(error_types["enum"])
     docs = await api.client.get("/docs")
     assert docs.status_code == 200 and "swagger-ui" in docs.text
+
+
+async def test_docs_can_be_turned_off(start_app, fake_settings, fake) -> None:
+    api = await start_app(fake_settings(docs_enabled=False), factory=fake.factory)
+    _assert_error(await api.client.get("/docs"), 404, "not_found")
+    _assert_error(await api.client.get("/openapi.json"), 404, "not_found")
+    assert (await api.client.post("/predict", json={"text": "good"})).status_code == 200
 
 
 @pytest.mark.parametrize(

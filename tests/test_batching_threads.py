@@ -1,202 +1,216 @@
-"""Thread logic driven directly with fakes: races between the inference threads
-taking work, the out-of-memory retry, a model load cancelled by shutdown (faults a real
-model cannot be made to show)."""
+"""The batcher's thread logic driven directly with the fake classifier: races between the
+inference threads taking work, the out-of-memory retry, the padded width, Retry-After, and a
+model load cancelled by shutdown (faults a real model cannot be made to show)."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import math
 import threading
-import time
 import weakref
 from collections.abc import Sequence
 
 import numpy as np
 import pytest
-import torch
 
-from app.batching import Batcher, BatchLimits, _Item
+from app.core import batching
+from app.core.batching import Batcher, BatchLimits
+from app.core.bringup import in_daemon_thread
+from app.core.errors import InferenceFailed
+from app.core.passes import batch_width, forward_splitting
+from app.core.planning import CostModel
+from app.engine.base import DeviceOutOfMemory, FloatArray
 from app.metrics import Metrics
-from app.planning import CostModel
-from app.scoring import FloatArray
+from tests.conftest import until
+from tests.fakes import FakeClassifier
+
+pytestmark = pytest.mark.anyio
 
 
-class OutOfMemoryAboveTwoRows:
-    """Fails every pass of more than two rows the way CUDA does, from a frame that holds a
-    tensor (the failed pass's activations); records what each call saw."""
+def _limits(max_wait_s: float = 0.0) -> BatchLimits:
+    return BatchLimits(max_rows=8, max_tokens=10_000, max_wait_s=max_wait_s, max_queue=100)
 
-    def __init__(self) -> None:
-        self.failed_tensors: list[weakref.ref[torch.Tensor]] = []
-        self.calls: list[tuple[int, int, int]] = []  # rows, width, failed tensors still alive
 
-    def _run(self, rows: Sequence[Sequence[int]]) -> None:
-        activations = torch.empty(1000)
-        self.failed_tensors.append(weakref.ref(activations))
-        raise torch.OutOfMemoryError("CUDA out of memory")
-
-    def forward(self, rows: Sequence[Sequence[int]], width: int, alone: bool = False) -> FloatArray:
-        gc.collect()
-        alive = sum(ref() is not None for ref in self.failed_tensors)
-        self.calls.append((len(rows), width, alive))
-        if len(rows) > 2:
-            self._run(rows)
-        return np.zeros((len(rows), 3), dtype=np.float32)
-
-    def release_cached_memory(self) -> None:
-        pass
+class _Activations:
+    """Stands in for the tensors of a pass that ran out of memory."""
 
 
 def test_out_of_memory_retry_frees_the_failed_pass_and_pads_halves_to_their_own_width() -> None:
-    model = OutOfMemoryAboveTwoRows()
-    limits = BatchLimits(max_rows=8, max_tokens=1000, max_wait_s=0, max_queue=100, pad_multiple=8)
-    batcher = Batcher(model, limits, Metrics(), CostModel())
+    fake = FakeClassifier(padding_free=False)
+    fake.pad_multiple = 8
+    failed: list[weakref.ref[_Activations]] = []
+    alive_at_each_pass: list[int] = []
 
-    async def run() -> list[FloatArray | None]:
-        loop = asyncio.get_running_loop()
-        items = [_Item(ids=[1] * n, future=loop.create_future()) for n in (3, 3, 10, 10)]
-        scores, out_of_memory = batcher._forward_splitting(items, 16, False)
-        assert out_of_memory
-        return scores
+    def on_pass(rows: Sequence[Sequence[int]]) -> None:
+        if failed:
+            gc.collect()
+        alive_at_each_pass.append(sum(ref() is not None for ref in failed))
+        if len(rows) > 2:
+            activations = _Activations()  # held by this frame, so by the traceback
+            failed.append(weakref.ref(activations))
+            raise DeviceOutOfMemory("fake: CUDA out of memory")
 
-    scores = asyncio.run(run())
-    assert all(s is not None for s in scores)
-    # The halves ran at widths 8 and 16, and no failed pass's tensors were alive by then.
-    assert model.calls == [(4, 16, 0), (2, 8, 0), (2, 16, 0)]
+    fake.on_pass = on_pass
+    rows = [[1] * n for n in (3, 3, 10, 10)]
+    scores, out_of_memory = forward_splitting(fake, rows)
+    assert out_of_memory and len(failed) == 1
+    # The halves ran at widths 8 and 16, and the failed pass's objects were gone by then.
+    assert fake.batches == [(4, 16), (2, 8), (2, 16)]
+    assert alive_at_each_pass == [0, 0, 0]
+    assert fake.released == 1
+    fake.on_pass = None
+    for row, score in zip(rows, scores, strict=True):  # each row's own scores, in order
+        assert score is not None
+        np.testing.assert_array_equal(score, fake.forward([row], len(row))[0])
 
 
-class Instant:
-    def forward(self, rows: Sequence[Sequence[int]], width: int, alone: bool = False) -> FloatArray:
-        return np.zeros((len(rows), 3), dtype=np.float32)
+def test_a_row_out_of_memory_alone_gets_none_and_the_others_their_scores() -> None:
+    fake = FakeClassifier()
 
-    def release_cached_memory(self) -> None:
-        pass
+    def no_memory_for_long_rows(rows: Sequence[Sequence[int]]) -> None:
+        if any(len(row) > 5 for row in rows):
+            raise DeviceOutOfMemory("fake")
+
+    fake.on_pass = no_memory_for_long_rows
+    scores, out_of_memory = forward_splitting(fake, [[1] * 3, [1] * 9, [1] * 4])
+    assert out_of_memory
+    assert [s is None for s in scores] == [False, True, False]
 
 
 @pytest.mark.parametrize("padding_free", [False, True])
-def test_a_thread_that_lost_the_gathered_texts_waits_again(padding_free: bool) -> None:
-    """Two secondary threads wake for one text and both gather; the one that finds the queue
-    empty afterwards must go back to waiting, not plan an empty batch (which raised
+async def test_a_thread_that_lost_the_gathered_texts_waits_again(
+    padding_free: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two idle threads of a busy server wake for one text and both gather; the one that finds
+    the queue empty afterwards must go back to waiting, not plan an empty batch (which raised
     StopIteration in the padded planner and ran an empty pass in the padding-free one)."""
-    limits = BatchLimits(
-        max_rows=8, max_tokens=1000, max_wait_s=0.02, max_queue=100, workers=3,
-        padding_free=padding_free,
-    )  # fmt: skip
-    batcher = Batcher(Instant(), limits, Metrics(), CostModel())
-    taken: dict[int, object] = {}
+    monkeypatch.setattr(batching, "_IDLE_GAP_S", 10.0)  # a slow machine still counts as busy
+    caplog.set_level(logging.ERROR)
+    hold_id, pair_id = 7, 8
+    hold, pair = threading.Event(), threading.Event()
 
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        # A busy server: thread 0 is mid-pass and the last pass had 4 rows.
-        batcher._primary_busy, batcher._busy, batcher._last_rows = True, 1, 4
+    def on_pass(rows: Sequence[Sequence[int]]) -> None:
+        if rows[0][0] == hold_id:
+            hold.wait(10)
+        elif rows[0][0] == pair_id:
+            pair.wait(10)
 
-        def take(index: int) -> None:
-            try:
-                got = batcher._take_batch(index)
-                taken[index] = None if got is None else len(got[0])
-            except BaseException as exc:  # whatever it was, the assertions show it
-                taken[index] = repr(exc)
+    fake = FakeClassifier(workers=3, padding_free=padding_free)
+    fake.on_pass = on_pass
+    batcher = Batcher(fake, _limits(max_wait_s=0.05), Metrics(), CostModel())
+    batcher.start()
+    try:
+        held = asyncio.ensure_future(batcher.submit([[hold_id]]))  # one thread stays busy
+        await until(lambda: len(fake.batches) == 1)
+        both = asyncio.ensure_future(batcher.submit([[pair_id, 1]] * 4))
+        await until(lambda: len(fake.batches) == 3)
+        assert [count for count, _ in fake.batches] == [1, 2, 2]
+        pair.set()
+        await asyncio.wait_for(both, 5)  # both threads just ended a two-text pass
+        await asyncio.sleep(0.05)  # ...and are back waiting (nothing signals that)
+        # One text: both wake and gather for two, then one takes it and one waits again.
+        lone = await asyncio.wait_for(batcher.submit([[9, 9, 9]]), 5)
+        assert len(lone) == 1
+        assert [count for count, _ in fake.batches] == [1, 2, 2, 1]
+        assert batcher.alive
+        assert await asyncio.wait_for(batcher.submit([[9, 9]]), 5)  # still served
+        hold.set()
+        await asyncio.wait_for(held, 5)
+    finally:
+        hold.set()
+        pair.set()
+        await batcher.stop()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert 0 not in [count for count, _ in fake.batches]
 
-        threads = [threading.Thread(target=take, args=(i,)) for i in (1, 2)]
-        for t in threads:
-            t.start()
-        await asyncio.sleep(0.05)  # both wait for work
-        with batcher._work:
-            batcher._last_end = time.perf_counter()  # a pass just ended: the woken gather
-            batcher._pending.append(_Item(ids=[1, 2, 3], future=loop.create_future()))
-            batcher._work.notify_all()
-        await asyncio.sleep(0.2)  # one took the text; the other must be waiting again
-        assert sorted(map(str, taken.values())) == ["1"]
-        await batcher.stop()  # closing wakes the waiting one, which takes nothing
-        for t in threads:
-            t.join(5)
-        assert sorted(map(str, taken.values())) == ["1", "None"]
 
-    asyncio.run(run())
-
-
-def test_a_load_cancelled_by_shutdown_ends_its_thread_quietly(
+async def test_a_load_cancelled_by_shutdown_ends_its_thread_quietly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from app.startup import in_daemon_thread
-
     errors: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
-    finished = threading.Event()
+    started, proceed = threading.Event(), threading.Event()
+    loaders: list[threading.Thread] = []
 
     def slow_load() -> str:
-        time.sleep(0.2)
-        finished.set()
+        loaders.append(threading.current_thread())
+        started.set()
+        proceed.wait(10)
         return "loaded"
 
-    async def run() -> None:
-        task = asyncio.create_task(in_daemon_thread(slow_load))
-        await asyncio.sleep(0.05)
-        task.cancel()  # what a shutdown during the model load does
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(run())
-    assert finished.wait(5)
-    time.sleep(0.1)  # let the thread hand over its result
+    task = asyncio.ensure_future(in_daemon_thread(slow_load))
+    await until(started.is_set)
+    task.cancel()  # what a shutdown during the model load does
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    proceed.set()  # the load ends after all and hands over its result
+    loaders[0].join(5)
+    assert not loaders[0].is_alive()
     assert errors == []
-
-
-class Recording(Instant):
-    def __init__(self, rows_back: int | None = None) -> None:
-        self.widths: list[int] = []
-        self.rows_back = rows_back
-
-    def forward(self, rows: Sequence[Sequence[int]], width: int, alone: bool = False) -> FloatArray:
-        self.widths.append(width)
-        n = len(rows) if self.rows_back is None else self.rows_back
-        return np.zeros((n, 3), dtype=np.float32)
-
-
-def _items(loop: asyncio.AbstractEventLoop, *lengths: int) -> list[_Item]:
-    return [_Item(ids=[1] * n, future=loop.create_future()) for n in lengths]
 
 
 def test_padding_to_a_multiple_stops_at_the_model_limit() -> None:
     """A position table of 514 (not a multiple of 8): a 514-token text runs at width 514,
     not 520, which would index past the table."""
-    model = Recording()
-    limits = BatchLimits(
-        max_rows=8, max_tokens=10_000, max_wait_s=0, max_queue=100, pad_multiple=8,
-        max_width=514,
-    )  # fmt: skip
-    batcher = Batcher(model, limits, Metrics(), CostModel())
-
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        batcher._forward_batch(_items(loop, 514, 3))
-        batcher._forward_batch(_items(loop, 500))
-
-    asyncio.run(run())
-    assert model.widths == [514, 504]
+    fake = FakeClassifier(padding_free=False, max_length=514)
+    fake.pad_multiple = 8
+    assert batch_width(fake, [[1] * 514, [1] * 3]) == 514
+    assert batch_width(fake, [[1] * 500]) == 504
+    forward_splitting(fake, [[1] * 514, [1] * 3])
+    forward_splitting(fake, [[1] * 500])
+    assert fake.batches == [(2, 514), (1, 504)]
 
 
-def test_a_model_returning_the_wrong_number_of_rows_fails_its_batch_at_once() -> None:
-    limits = BatchLimits(max_rows=8, max_tokens=1000, max_wait_s=0, max_queue=100)
-    batcher = Batcher(Recording(rows_back=1), limits, Metrics(), CostModel())
-
-    async def run() -> None:
-        outcome = batcher._forward_batch(_items(asyncio.get_running_loop(), 3, 4))
-        assert outcome.error is not None and "1 rows for 2 texts" in str(outcome.error)
-
-    asyncio.run(run())
+class _OneRowShort(FakeClassifier):
+    def forward(self, rows: Sequence[Sequence[int]], width: int) -> FloatArray:
+        return super().forward(rows[:-1], width)
 
 
-def test_retry_after_counts_the_queued_tokens_not_the_texts() -> None:
-    """Recent passes ran short texts (100 tokens each, 400 tokens/s); eight 500-token texts
-    queued take ten seconds, not the two that a texts-per-second rate would promise."""
-    limits = BatchLimits(max_rows=8, max_tokens=10_000, max_wait_s=0, max_queue=100)
-    batcher = Batcher(Instant(), limits, Metrics(), CostModel())
+async def test_a_model_returning_the_wrong_number_of_rows_fails_its_batch_at_once() -> None:
+    fake = _OneRowShort()
+    with pytest.raises(RuntimeError, match="1 rows for 2 texts"):
+        forward_splitting(fake, [[1] * 3, [1] * 4])
+    batcher = Batcher(fake, _limits(), Metrics(), CostModel())
+    batcher.start()
+    try:
+        # InferenceFailed (500) now, not a wait for the request's deadline.
+        with pytest.raises(InferenceFailed):
+            await asyncio.wait_for(batcher.submit([[1] * 3, [1] * 4]), 5)
+        assert batcher.alive
+    finally:
+        await batcher.stop()
+
+
+async def test_retry_after_counts_the_queued_tokens_not_the_texts() -> None:
+    """Recent passes ran short texts (100 tokens each); eight 500-token texts queued take
+    five times as long as eight short ones, which a texts-per-second rate would promise."""
+    fake = FakeClassifier(max_length=512, pass_seconds=0.2)
+    metrics = Metrics()
+    batcher = Batcher(fake, _limits(), metrics, CostModel())
     assert batcher.retry_after(3) == 3  # nothing measured yet: one text a second
-    batcher._record_batch(rows=4, width=100, real_tokens=400, seconds=1.0)
-
-    async def run() -> None:
-        batcher._pending.extend(_items(asyncio.get_running_loop(), *[500] * 8))
-        assert batcher.retry_after() == 10
-        assert batcher.retry_after(4) == 11  # plus four texts of the recent mean length
-
-    asyncio.run(run())
+    batcher.start()
+    fake.gate = threading.Event()
+    fake.gate.set()
+    held = queued = None
+    try:
+        await asyncio.wait_for(batcher.submit([[1] * 100] * 4), 5)
+        assert fake.batches == [(4, 100)]
+        seconds = metrics.registry.get_sample_value("textclf_inference_seconds_sum")
+        assert seconds is not None and seconds >= 0.2
+        rate = 400 / seconds  # tokens per second of the one worker
+        fake.pass_seconds = 0
+        fake.gate.clear()
+        held = asyncio.ensure_future(batcher.submit([[1]]))
+        await until(lambda: len(fake.batches) == 2)
+        queued = asyncio.ensure_future(batcher.submit([[1] * 500] * 8))
+        await until(lambda: batcher.queued == 8)
+        assert batcher.retry_after() == math.ceil(8 * 500 / rate) >= 2
+        assert batcher.retry_after(4) == math.ceil((8 * 500 + 4 * 100) / rate)
+    finally:
+        fake.gate.set()
+        for waiting in (held, queued):
+            if waiting is not None:
+                await asyncio.wait_for(waiting, 5)
+        await batcher.stop()

@@ -35,9 +35,15 @@ def test_configure_logging_installs_one_handler() -> None:
         root.setLevel(saved[1])
 
 
-async def test_texts_never_reach_the_logs(start_app, settings_for, caplog) -> None:
+@pytest.mark.parametrize("engine", ["fake", "real"])
+async def test_texts_never_reach_the_logs(
+    start_app, settings_for, fake_settings, fake, caplog, engine: str
+) -> None:
     caplog.set_level(logging.DEBUG)
-    api = await start_app(settings_for())
+    if engine == "real":
+        api = await start_app(settings_for(forward="padded"))
+    else:
+        api = await start_app(fake_settings(), factory=fake.factory)
     await api.client.post(
         "/predict", json={"text": f"good {MARKER}"}, headers={"x-request-id": "rid-1"}
     )
@@ -45,8 +51,15 @@ async def test_texts_never_reach_the_logs(start_app, settings_for, caplog) -> No
         "/predict", json={"text": f"{MARKER} " * 50, "truncate": False, "top_k": 0}
     )
     await api.client.post("/predict", json={"texts": [MARKER, ""]})
+    await api.client.post("/predict", content=f'{{"text": "{MARKER}'.encode())
+    if engine == "fake":  # a failing pass is logged with its traceback, never with the text
+        fake.error = RuntimeError("kernel failed")
+        failed = await api.client.post("/predict", json={"text": f"{MARKER} again"})
+        assert failed.status_code == 500
+        assert any(r.getMessage() == "inference failed" for r in caplog.records)
     assert caplog.records
     for record in caplog.records:
         assert MARKER not in record.getMessage()
+    assert MARKER not in caplog.text  # tracebacks included
     access = [r for r in caplog.records if r.name == "app.access"]
     assert any(getattr(r, "request_id", None) == "rid-1" for r in access)
