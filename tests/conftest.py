@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from app.config import Settings
 from app.main import create_app
 from tests.fakes import FakeClassifier
+from tests.sharp_model import sharpened_copy
 from tests.tiny_model import build_tiny_model
 
 T = TypeVar("T")
@@ -46,6 +47,33 @@ def tiny_single_logit_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(
         tmp_path_factory.mktemp("tiny") / "logit", labels=("LABEL_0",), problem_type=None, seed=2
     )
+
+
+@pytest.fixture(scope="session")
+def sharp_models(
+    tiny_model: Path,
+    tiny_multilabel_model: Path,
+    tiny_single_logit_model: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Path]:
+    """The three tiny models with weights whose scores differ between texts (parity tests)."""
+    root = tmp_path_factory.mktemp("sharp")
+    sources = {
+        "single": tiny_model,
+        "multi": tiny_multilabel_model,
+        "logit": tiny_single_logit_model,
+    }
+    return {name: sharpened_copy(path, root / name, seed=3) for name, path in sources.items()}
+
+
+@pytest.fixture(scope="session")
+def sharp_model(sharp_models: dict[str, Path]) -> Path:
+    return sharp_models["single"]
+
+
+def one_thread_settings(path: Path, **overrides: Any) -> Settings:
+    """One intra-op thread unless asked: these models are tiny and the test machine shared."""
+    return make_settings(path, **({"torch_threads": 1} | overrides))
 
 
 def make_settings(model_path: Path, **overrides: Any) -> Settings:

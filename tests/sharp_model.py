@@ -8,6 +8,7 @@ scale, texts differ in their scores by tenths and those tests can see a mistake.
 from __future__ import annotations
 
 import math
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -38,3 +39,12 @@ def sharpened_copy(source: Path, dest: Path, seed: int = 0) -> Path:
     model: Any = AutoModelForSequenceClassification.from_pretrained(source, local_files_only=True)
     sharpen(model, seed).save_pretrained(dest)
     return dest
+
+
+def random_rows(count: int, seed: int) -> list[list[int]]:
+    """Token-id rows of mixed lengths inside the tiny vocabulary, [CLS]/[SEP]-like ends."""
+    rng = random.Random(seed)
+    return [
+        [2] + [rng.randrange(5, 60) for _ in range(rng.randrange(1, 40))] + [3]
+        for _ in range(count)
+    ]

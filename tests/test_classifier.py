@@ -14,12 +14,10 @@ import torch
 from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 from transformers import pipeline
 
-from app.config import Settings
 from app.engine.base import Encoded, FloatArray, ModelLoadError
 from app.engine.hf import HFClassifier, build_revision, folder_digest, resolve_device, resolve_dtype
 from app.engine.loader import load_classifier
-from tests.conftest import make_settings
-from tests.sharp_model import sharpened_copy
+from tests.conftest import one_thread_settings
 
 TEXTS = [
     "I love this movie",
@@ -29,31 +27,10 @@ TEXTS = [
 ]
 
 
-def _settings(path: Path, **overrides: Any) -> Settings:
-    # One intra-op thread unless a test asks: these models are tiny, the test machine shared.
-    return make_settings(path, **({"torch_threads": 1} | overrides))
-
-
 def _scores(classifier: HFClassifier, texts: list[str]) -> FloatArray:
     encoded = classifier.tokenize(texts, truncate=True)
     width = max(len(e.ids) for e in encoded)
     return classifier.forward([e.ids for e in encoded], width)
-
-
-@pytest.fixture(scope="module")
-def sharp_models(
-    tiny_model: Path,
-    tiny_multilabel_model: Path,
-    tiny_single_logit_model: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("sharp")
-    sources = {
-        "single": tiny_model,
-        "multi": tiny_multilabel_model,
-        "logit": tiny_single_logit_model,
-    }
-    return {name: sharpened_copy(path, root / name) for name, path in sources.items()}
 
 
 @pytest.mark.parametrize(
@@ -64,7 +41,7 @@ def test_scores_match_the_transformers_pipeline(
     sharp_models: dict[str, Path], kind: str, activation: str, forward: str
 ) -> None:
     path = sharp_models[kind]
-    classifier = load_classifier(_settings(path, forward=forward))
+    classifier = load_classifier(one_thread_settings(path, forward=forward))
     assert classifier.info.activation == activation and classifier.info.forward == forward
     ours = _scores(classifier, TEXTS)  # one batch of mixed lengths, as the batcher runs it
     reference = pipeline("text-classification", model=str(path), top_k=None, device="cpu")
@@ -78,7 +55,7 @@ def test_scores_match_the_transformers_pipeline(
 
 
 def test_labels_and_problem_type_come_from_the_config(tiny_multilabel_model: Path) -> None:
-    classifier = load_classifier(_settings(tiny_multilabel_model, forward="padded"))
+    classifier = load_classifier(one_thread_settings(tiny_multilabel_model, forward="padded"))
     assert classifier.info.labels == ["toxic", "insult", "threat", "spam"]
     assert classifier.info.problem_type == "multi_label_classification"
     assert classifier.info.architecture == "BertForSequenceClassification"
@@ -90,7 +67,7 @@ def test_labels_and_problem_type_come_from_the_config(tiny_multilabel_model: Pat
 
 
 def test_truncation_reports_the_full_token_count(tiny_model: Path) -> None:
-    classifier = HFClassifier(_settings(tiny_model, max_length=16))
+    classifier = HFClassifier(one_thread_settings(tiny_model, max_length=16))
     long_text = " ".join(["good"] * 40)
     cut, short = classifier.tokenize([long_text, "good film"], truncate=True)
     assert cut.truncated and cut.num_tokens == 42 and len(cut.ids) == 16
@@ -102,17 +79,17 @@ def test_truncation_reports_the_full_token_count(tiny_model: Path) -> None:
 
 def test_many_texts_tokenize_like_few(tiny_model: Path) -> None:
     # Up to 8 texts are encoded one by one, more in one batch call: the same ids either way.
-    classifier = HFClassifier(_settings(tiny_model, max_length=8))
+    classifier = HFClassifier(one_thread_settings(tiny_model, max_length=8))
     texts = [" ".join(["good"] * n) for n in range(12)]
     many = classifier.tokenize(texts, truncate=True)
     assert many == [classifier.tokenize([text], truncate=True)[0] for text in texts]
 
 
 def test_max_length_defaults_to_the_model_and_cannot_exceed_it(tiny_model: Path) -> None:
-    assert HFClassifier(_settings(tiny_model)).max_length == 64
-    assert HFClassifier(_settings(tiny_model, max_length=16)).max_length == 16
+    assert HFClassifier(one_thread_settings(tiny_model)).max_length == 64
+    assert HFClassifier(one_thread_settings(tiny_model, max_length=16)).max_length == 16
     with pytest.raises(ModelLoadError, match="TEXTCLF_MAX_LENGTH=65 exceeds the model's limit 64"):
-        HFClassifier(_settings(tiny_model, max_length=65))
+        HFClassifier(one_thread_settings(tiny_model, max_length=65))
 
 
 @pytest.mark.parametrize(
@@ -130,7 +107,7 @@ def test_a_broken_folder_gives_one_clear_line(
     shutil.copytree(tiny_model, broken)
     (broken / file).write_bytes(damage)
     with pytest.raises(ModelLoadError, match="cannot load the model from MODEL_PATH=") as caught:
-        load_classifier(_settings(broken))
+        load_classifier(one_thread_settings(broken))
     assert "\n" not in str(caught.value)
 
 
@@ -148,8 +125,10 @@ def test_device_and_dtype_resolution() -> None:
 
 
 def test_bfloat16_keeps_the_scores_close(sharp_models: dict[str, Path]) -> None:
-    exact = load_classifier(_settings(sharp_models["single"], forward="padded"))
-    half = load_classifier(_settings(sharp_models["single"], forward="padded", dtype="bfloat16"))
+    exact = load_classifier(one_thread_settings(sharp_models["single"], forward="padded"))
+    half = load_classifier(
+        one_thread_settings(sharp_models["single"], forward="padded", dtype="bfloat16")
+    )
     assert half.info.dtype == "bfloat16" and half.model.dtype == torch.bfloat16
     scores = _scores(half, TEXTS)
     assert scores.dtype == np.float32  # scores leave the engine as float32 whatever the model
@@ -157,9 +136,9 @@ def test_bfloat16_keeps_the_scores_close(sharp_models: dict[str, Path]) -> None:
 
 
 def test_int8_quantization_keeps_the_scores_close(sharp_models: dict[str, Path]) -> None:
-    exact = load_classifier(_settings(sharp_models["single"], forward="padded"))
+    exact = load_classifier(one_thread_settings(sharp_models["single"], forward="padded"))
     quantized = load_classifier(
-        _settings(sharp_models["single"], forward="padded", quantize="int8")
+        one_thread_settings(sharp_models["single"], forward="padded", quantize="int8")
     )
     assert (quantized.info.dtype, quantized.info.quantize) == ("float32", "int8")
     modules = list(quantized.model.modules())
@@ -176,7 +155,7 @@ def test_folder_digest_changes_with_content(tiny_model: Path, tmp_path: Path) ->
     config["id2label"]["0"] = "renamed"
     (copy / "config.json").write_text(json.dumps(config))
     assert folder_digest(copy) != folder_digest(tiny_model)
-    loaded = load_classifier(_settings(copy, forward="padded"))
+    loaded = load_classifier(one_thread_settings(copy, forward="padded"))
     assert loaded.info.folder_sha256 == folder_digest(copy)
 
 
@@ -192,7 +171,7 @@ def test_tokenize_is_safe_from_two_threads(tiny_model: Path) -> None:
     # The event loop and the tokenizer thread tokenize at once. Through the transformers
     # wrapper (which reconfigures truncation on its one backend per call) this gave 36 wrong
     # lengths in 6,000 calls: long texts left uncut, uncut texts cut.
-    classifier = HFClassifier(_settings(tiny_model, max_length=8))
+    classifier = HFClassifier(one_thread_settings(tiny_model, max_length=8))
     long_text = " ".join(["good"] * 30)
     wrong: list[str] = []
 
@@ -214,7 +193,7 @@ def test_tokenize_is_safe_from_two_threads(tiny_model: Path) -> None:
 
 
 def test_wrapper_fallback_gives_the_same_ids(tiny_model: Path) -> None:
-    classifier = HFClassifier(_settings(tiny_model, max_length=8))
+    classifier = HFClassifier(one_thread_settings(tiny_model, max_length=8))
     encoder = classifier.encoder
     assert encoder._backends is not None  # the fast path is the one in use
     texts = ["good film", " ".join(["bad"] * 20), "odd\ttabs  and   spaces"]
@@ -226,7 +205,7 @@ def test_wrapper_fallback_gives_the_same_ids(tiny_model: Path) -> None:
 
 
 def test_a_pass_sets_its_thread_count_in_its_own_thread(tiny_model: Path) -> None:
-    classifier = HFClassifier(_settings(tiny_model, torch_threads=1, inference_workers=2))
+    classifier = HFClassifier(one_thread_settings(tiny_model, torch_threads=1, inference_workers=2))
     assert (classifier.workers, classifier.threads) == (2, 1)
     rows = [e.ids for e in classifier.tokenize(TEXTS, truncate=True)]
     seen: dict[str, Any] = {}

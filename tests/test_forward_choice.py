@@ -3,7 +3,6 @@ forced, what is timed, and that every choice gives the padded forward's scores."
 
 from __future__ import annotations
 
-import random
 import re
 import shutil
 from collections.abc import Sequence
@@ -15,34 +14,16 @@ import numpy as np
 import pytest
 from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-from app.config import ForwardPath, Settings
+from app.config import ForwardPath
 from app.engine import loader, onednn
 from app.engine.base import ModelLoadError
 from app.engine.loader import forward_candidates, load_classifier
 from app.engine.unpadded import UnpaddedForward
-from tests.conftest import make_settings
-from tests.sharp_model import sharpened_copy
+from tests.conftest import one_thread_settings
+from tests.sharp_model import random_rows
 
 ALL: list[ForwardPath] = ["padded", "unpadded", "unpadded_onednn"]
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="torch built without oneDNN")
-
-
-def _settings(path: Path, **overrides: Any) -> Settings:
-    # One intra-op thread: these models are tiny, and the test machine is shared.
-    return make_settings(path, torch_threads=1, **overrides)
-
-
-def _rows(count: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [
-        [2] + [rng.randrange(5, 60) for _ in range(rng.randrange(1, 40))] + [3]
-        for _ in range(count)
-    ]
-
-
-@pytest.fixture(scope="module")
-def sharp_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sharpened_copy(tiny_model, tmp_path_factory.mktemp("sharp") / "single", seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +49,7 @@ def distilbert_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @needs_onednn
 def test_auto_keeps_the_fastest_candidate_and_says_why(tiny_model: Path) -> None:
-    classifier = load_classifier(_settings(tiny_model, forward="auto"))
+    classifier = load_classifier(one_thread_settings(tiny_model, forward="auto"))
     candidates, why_not = forward_candidates(classifier)
     assert (candidates, why_not) == (ALL, "")
     info = classifier.info
@@ -83,7 +64,7 @@ def test_auto_keeps_the_fastest_candidate_and_says_why(tiny_model: Path) -> None
 def test_a_forced_forward_is_used_as_asked(tiny_model: Path, forward: ForwardPath) -> None:
     if forward == "unpadded_onednn" and not onednn.available():
         pytest.skip("torch built without oneDNN")
-    classifier = load_classifier(_settings(tiny_model, forward=forward))
+    classifier = load_classifier(one_thread_settings(tiny_model, forward=forward))
     assert (classifier.info.forward, classifier.path) == (forward, forward)
     assert classifier.info.forward_reason == "set by TEXTCLF_FORWARD"
     assert classifier.padding_free == (forward != "padded")
@@ -102,17 +83,19 @@ def test_a_forced_forward_is_used_as_asked(tiny_model: Path, forward: ForwardPat
 def test_onednn_is_not_offered_for_int8_or_bfloat16_weights(
     tiny_model: Path, overrides: dict[str, str], offered: list[str]
 ) -> None:
-    classifier = load_classifier(_settings(tiny_model, forward="padded", **overrides))
+    classifier = load_classifier(one_thread_settings(tiny_model, forward="padded", **overrides))
     candidates, why_not = forward_candidates(classifier)
     assert candidates == offered and "oneDNN" in why_not
     with pytest.raises(ModelLoadError, match="TEXTCLF_FORWARD=unpadded_onednn is unavailable"):
-        load_classifier(_settings(tiny_model, forward="unpadded_onednn", **overrides))
-    chosen = load_classifier(_settings(tiny_model, forward="auto", **overrides)).info.forward
+        load_classifier(one_thread_settings(tiny_model, forward="unpadded_onednn", **overrides))
+    chosen = load_classifier(
+        one_thread_settings(tiny_model, forward="auto", **overrides)
+    ).info.forward
     assert chosen in offered
 
 
 def test_a_model_without_a_padding_free_forward_serves_padded(distilbert_model: Path) -> None:
-    classifier = load_classifier(_settings(distilbert_model, forward="auto"))
+    classifier = load_classifier(one_thread_settings(distilbert_model, forward="auto"))
     assert classifier.info.architecture == "DistilBertForSequenceClassification"
     assert (classifier.info.forward, classifier.padding_free) == ("padded", False)
     assert classifier.info.forward_reason == (
@@ -120,16 +103,16 @@ def test_a_model_without_a_padding_free_forward_serves_padded(distilbert_model: 
     )
     for forward in ("unpadded", "unpadded_onednn"):
         with pytest.raises(ModelLoadError, match=f"TEXTCLF_FORWARD={forward} is unavailable: no"):
-            load_classifier(_settings(distilbert_model, forward=forward))
+            load_classifier(one_thread_settings(distilbert_model, forward=forward))
 
 
 @pytest.mark.parametrize("forward", ["auto", *ALL])
 def test_every_forward_gives_the_padded_scores(sharp_model: Path, forward: str) -> None:
     if forward == "unpadded_onednn" and not onednn.available():
         pytest.skip("torch built without oneDNN")
-    padded = load_classifier(_settings(sharp_model, forward="padded"))
-    chosen = load_classifier(_settings(sharp_model, forward=forward))
-    for rows in (_rows(9, seed=1), _rows(1, seed=2), _rows(40, seed=3)):
+    padded = load_classifier(one_thread_settings(sharp_model, forward="padded"))
+    chosen = load_classifier(one_thread_settings(sharp_model, forward=forward))
+    for rows in (random_rows(9, seed=1), random_rows(1, seed=2), random_rows(40, seed=3)):
         width = max(map(len, rows))
         want = padded.forward(rows, width)
         np.testing.assert_allclose(chosen.forward(rows, width), want, atol=1e-5)
@@ -138,7 +121,7 @@ def test_every_forward_gives_the_padded_scores(sharp_model: Path, forward: str) 
 
 def test_a_short_token_limit_still_times_the_candidates(tiny_model: Path) -> None:
     # The probe batch once took its lengths modulo (limit - 7): a limit of 7 divided by zero.
-    classifier = load_classifier(_settings(tiny_model, forward="auto", max_length=7))
+    classifier = load_classifier(one_thread_settings(tiny_model, forward="auto", max_length=7))
     assert classifier.info.forward_reason.startswith("fastest at start-up")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import threading
@@ -20,24 +19,11 @@ from app.engine.hf import HFClassifier
 from app.engine.onednn import PackedLinear, pack_linear_layers
 from app.engine.unpadded import UnpaddedForward
 from tests.conftest import make_settings
-from tests.sharp_model import sharpened_copy
+from tests.sharp_model import random_rows
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="torch built without oneDNN")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _rows(count: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [
-        [2] + [rng.randrange(5, 60) for _ in range(rng.randrange(1, 40))] + [3]
-        for _ in range(count)
-    ]
-
-
-@pytest.fixture(scope="module")
-def sharp_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sharpened_copy(tiny_model, tmp_path_factory.mktemp("sharp") / "single", seed=4)
 
 
 @pytest.mark.parametrize("shape", [(1, 48), (7, 48), (2, 5, 48)])
@@ -69,7 +55,7 @@ def test_the_packed_forward_keeps_the_scores(sharp_model: Path) -> None:
     assert not any(isinstance(m, PackedLinear) for m in classifier.model.modules())
     # Mixed lengths, a lone text, and more rows than one oneDNN chunk (40 texts, ~800 tokens).
     with torch.inference_mode():
-        for rows in (_rows(7, seed=1), _rows(1, seed=2), _rows(40, seed=3)):
+        for rows in (random_rows(7, seed=1), random_rows(1, seed=2), random_rows(40, seed=3)):
             torch.testing.assert_close(packed(rows), plain(rows), rtol=1e-5, atol=1e-5)
 
 
@@ -111,7 +97,7 @@ def test_without_the_ops_nothing_is_swapped(monkeypatch: pytest.MonkeyPatch) -> 
 def test_two_threads_share_the_packed_weights(sharp_model: Path) -> None:
     classifier = HFClassifier(make_settings(sharp_model, torch_threads=1, inference_workers=2))
     classifier.use_forward("unpadded_onednn", UnpaddedForward(classifier.model, onednn=True))
-    rows = _rows(6, seed=9)
+    rows = random_rows(6, seed=9)
     width = max(map(len, rows))
     want = classifier.forward(rows, width)
     results: list[Any] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,11 @@ from transformers import (
     DistilBertForSequenceClassification,
 )
 
-from app.config import Settings
 from app.engine.base import FloatArray
 from app.engine.hf import HFClassifier
 from app.engine.unpadded import UnpaddedForward, supports
-from tests.conftest import make_settings
-from tests.sharp_model import sharpened_copy
+from tests.conftest import one_thread_settings
+from tests.sharp_model import random_rows
 
 # dtype/quantize settings, and how close to the padded forward the scores must be: float32
 # to float rounding; bfloat16 to its rounding; int8 quantizes activations per batch with one
@@ -34,40 +32,10 @@ VARIANTS = {
 }
 
 
-def _settings(path: Path, **overrides: Any) -> Settings:
-    # One intra-op thread: these models are tiny, and the test machine is shared.
-    return make_settings(path, torch_threads=1, **overrides)
-
-
-def _rows(count: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    # Ids inside the tiny vocabulary; first and last are [CLS]/[SEP]-like specials.
-    return [
-        [2] + [rng.randrange(5, 60) for _ in range(rng.randrange(1, 40))] + [3]
-        for _ in range(count)
-    ]
-
-
 def _same_length(count: int, length: int) -> list[list[int]]:
-    rows = [row[:length] for row in _rows(8 * count, seed=5) if len(row) >= length][:count]
+    rows = [row[:length] for row in random_rows(8 * count, seed=5) if len(row) >= length][:count]
     assert len(rows) == count
     return rows
-
-
-@pytest.fixture(scope="module")
-def sharp(
-    tiny_model: Path,
-    tiny_multilabel_model: Path,
-    tiny_single_logit_model: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("sharp")
-    sources = {
-        "tiny_model": tiny_model,
-        "tiny_multilabel_model": tiny_multilabel_model,
-        "tiny_single_logit_model": tiny_single_logit_model,
-    }
-    return {name: sharpened_copy(path, root / name, seed=3) for name, path in sources.items()}
 
 
 @pytest.fixture(params=["scripted", "eager"])
@@ -99,21 +67,19 @@ def _both(classifier: HFClassifier) -> tuple[UnpaddedForward, Any]:
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize(
-    "fixture", ["tiny_model", "tiny_multilabel_model", "tiny_single_logit_model"]
-)
+@pytest.mark.parametrize("fixture", ["single", "multi", "logit"])
 def test_scores_equal_the_padded_forward(
-    sharp: dict[str, Path], fixture: str, variant: str, compiled: bool
+    sharp_models: dict[str, Path], fixture: str, variant: str, compiled: bool
 ) -> None:
     overrides, tolerance = VARIANTS[variant]
-    classifier = HFClassifier(_settings(sharp[fixture], **overrides))
+    classifier = HFClassifier(one_thread_settings(sharp_models[fixture], **overrides))
     forward, run = _both(classifier)
     assert forward.scripted == compiled and forward.onednn_layers == 0
     for count in (1, 2, 7, 16):
-        padded, got = run(_rows(count, seed=count))
+        padded, got = run(random_rows(count, seed=count))
         np.testing.assert_allclose(got, padded, atol=tolerance)
     # A text's scores do not depend on what it is batched with.
-    rows = _rows(7, seed=7)
+    rows = random_rows(7, seed=7)
     alone = np.stack([run([row])[1][0] for row in rows])
     np.testing.assert_allclose(run(rows)[1], alone, atol=tolerance)
     # Texts of one length take the path without scatter or mask.
@@ -125,15 +91,20 @@ def test_scores_equal_the_padded_forward(
 
 @pytest.mark.parametrize("variant", ["float32", "int8"])
 def test_the_scripted_forward_equals_the_eager_one(
-    sharp: dict[str, Path], variant: str, monkeypatch: pytest.MonkeyPatch
+    sharp_models: dict[str, Path], variant: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     overrides, _ = VARIANTS[variant]
-    classifier = HFClassifier(_settings(sharp["tiny_model"], **overrides))
+    classifier = HFClassifier(one_thread_settings(sharp_models["single"], **overrides))
     scripted = UnpaddedForward(classifier.model)
     monkeypatch.setattr(torch.jit, "script", _refuse)
     eager = UnpaddedForward(classifier.model)
     assert scripted.scripted and not eager.scripted
-    rows_sets = (_rows(7, seed=1), _same_length(6, 9), _rows(1, seed=2), _rows(40, seed=3))
+    rows_sets = (
+        random_rows(7, seed=1),
+        _same_length(6, 9),
+        random_rows(1, seed=2),
+        random_rows(40, seed=3),
+    )
     with torch.inference_mode():
         for rows in rows_sets:
             torch.testing.assert_close(scripted(rows), eager(rows), rtol=0, atol=1e-6)
@@ -147,13 +118,13 @@ def test_float_layers_project_query_key_value_in_one_pass(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(torch.jit, "script", _refuse)  # the eager module, to look in
-    float_layers = UnpaddedForward(HFClassifier(_settings(tiny_model)).model)._run.layers
+    float_layers = UnpaddedForward(HFClassifier(one_thread_settings(tiny_model)).model)._run.layers
     assert len(float_layers) == 2
     assert all(
         type(layer.qkv) is nn.Linear and layer.qkv.out_features == 96 for layer in float_layers
     )
     # int8 layers keep their own kernels (and scales): no fused float copy of their weights.
-    quantized = HFClassifier(_settings(tiny_model, quantize="int8")).model
+    quantized = HFClassifier(one_thread_settings(tiny_model, quantize="int8")).model
     int8_layers = UnpaddedForward(quantized)._run.layers
     assert all(not isinstance(layer.qkv, nn.Linear) for layer in int8_layers)
 
