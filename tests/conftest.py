@@ -184,3 +184,25 @@ async def start_app() -> AsyncIterator[Callable[..., Any]]:
         await client.aclose()
     for manager in reversed(managers):
         await manager.__aexit__(None, None, None)
+
+
+def predict_scope(body_length: int) -> dict[str, Any]:
+    """The ASGI scope of a POST /predict, for tests that drive the app's ASGI calls by hand."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(body_length).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": {},
+    }

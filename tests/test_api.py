@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from app.http.schemas import BatchPredictResponse, SinglePredictResponse
-from tests.conftest import until
+from tests.conftest import predict_scope, until
 
 pytestmark = pytest.mark.anyio
 
@@ -338,21 +338,7 @@ async def test_a_client_that_hangs_up_mid_upload_is_not_a_server_error(api) -> N
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/predict",
-        "raw_path": b"/predict",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "state": {},
-    }
+    scope = predict_scope(100)
     await api.app(scope, receive, send)
     assert sent[0]["status"] == 499
     assert api.metric("textclf_requests_total", {"route": "/predict", "status": "500"}) == 0

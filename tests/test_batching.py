@@ -16,7 +16,7 @@ import pytest
 
 from app.config import Settings
 from app.engine.base import DeviceOutOfMemory, ModelLoadError
-from tests.conftest import done_within, until
+from tests.conftest import done_within, predict_scope, until
 from tests.fakes import FakeClassifier
 
 pytestmark = pytest.mark.anyio
@@ -339,21 +339,7 @@ async def test_a_request_still_uploading_when_the_drain_begins_is_served(
         if message["type"] == "http.response.body" and not message.get("more_body"):
             answered.set()
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/predict",
-        "raw_path": b"/predict",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"16")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "state": {},
-    }
+    scope = predict_scope(16)
     uploading = asyncio.create_task(api.app(scope, receive, send))
     await until(lambda: lifecycle.in_flight == 1)
     assert api.metric("textclf_requests_in_flight") == 1

@@ -12,7 +12,7 @@ import pytest
 
 from app.core.errors import ClientGone
 from app.http.predict_route import unless_disconnected
-from tests.conftest import done_within, until
+from tests.conftest import done_within, predict_scope, until
 
 pytestmark = pytest.mark.anyio
 
@@ -103,27 +103,6 @@ async def test_a_cancellation_from_outside_is_not_taken_for_a_hang_up() -> None:
         await running
 
 
-def _scope(body_length: int) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/predict",
-        "raw_path": b"/predict",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(body_length).encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "state": {},
-    }
-
-
 async def test_a_client_that_hangs_up_while_queued_gets_499_and_its_texts_never_run(
     start_app, fake_settings, fake
 ) -> None:
@@ -155,7 +134,7 @@ async def test_a_client_that_hangs_up_while_queued_gets_499_and_its_texts_never_
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    request = asyncio.create_task(api.app(_scope(len(body)), receive, send))
+    request = asyncio.create_task(api.app(predict_scope(len(body)), receive, send))
     await until(lambda: batcher.queued == 2)
     hang_up.set()
     await done_within(request)
