@@ -41,7 +41,7 @@ model: $(VENV)/.runtime ## build (or reuse from cache) the default model into mo
 # build would overwrite a fetched model).
 run: venv ## serve the default model (or MODEL_DIR) on port $(PORT)
 	$(if $(filter model/default,$(MODEL_DIR)),$(MAKE) --no-print-directory model)
-	MODEL_PATH=$(MODEL_DIR) PORT=$(PORT) $(PY) -m app
+	TEXTCLF_MODEL_PATH=$(MODEL_DIR) TEXTCLF_PORT=$(PORT) $(PY) -m app
 
 lint: venv-dev ## ruff and mypy
 	$(PY) -m ruff check .
@@ -62,15 +62,11 @@ test: venv-dev model lint bench-tools ## everything: lint, unit, integration ove
 e2e: venv-dev model ## the Docker Compose stack behind Nginx, on a real Docker engine
 	bash deploy/ci/e2e.sh
 
-bench-tools: ## load generators for the benchmark: wrk, nginx (apt) and loadtest (npm)
+bench-tools: ## the benchmark's load generator: wrk (apt)
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
-	command -v nginx >/dev/null || (printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d \
-		&& chmod +x /usr/sbin/policy-rc.d && apt-get install -y -q nginx; rm -f /usr/sbin/policy-rc.d)
-	command -v npm >/dev/null || (apt-get update -q && apt-get install -y -q nodejs npm)
-	command -v loadtest >/dev/null || npm install -g loadtest@8.2.1
 
-bench: venv-dev model bench-tools ## full benchmark against a local server (see BENCHMARKS.md)
-	MODEL_PATH=$(MODEL_DIR) $(PY) -m bench run --nginx-url local
+bench: venv-dev model bench-tools ## ceiling + c=1,8,32,64 sweep, 3 repeats (~5 min; BENCHMARKS.md)
+	MODEL_PATH=$(MODEL_DIR) $(PY) -m bench run
 
 bench-quick: venv-dev model bench-tools ## a one-minute smoke run of the benchmark (not for claims)
 	MODEL_PATH=$(MODEL_DIR) $(PY) -m bench run --quick

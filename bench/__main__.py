@@ -1,6 +1,4 @@
-"""Entry point: `python -m bench run|model|corpus` (see bench/cli.py)."""
-
-from __future__ import annotations
+"""Entry point: `python -m bench run|ab|corpus` (see bench/cli.py)."""
 
 import sys
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,210 +23,118 @@ DEFAULT_SEED = 20240611
 
 Sentiment = str  # "positive" | "negative" | "neutral" | "mixed"
 
+
+def _bank(phrases: str) -> list[str]:
+    return phrases.split("|")
+
+
 _DOMAINS: dict[str, list[str]] = {
-    "restaurant": [
-        "the pasta",
-        "the service",
-        "our waiter",
-        "the dessert menu",
-        "the tomato soup",
-        "the wine list",
-        "the grilled fish",
-        "the corner table by the window",
-        "the kitchen",
-        "the breakfast special",
-    ],
-    "movie": [
-        "the plot",
-        "the soundtrack",
-        "the lead actor",
-        "the ending",
-        "the second half of the film",
-        "the dialogue",
-        "the special effects",
-        "the director's latest project",
-        "the supporting cast",
-    ],
-    "product": [
-        "the battery",
-        "the screen",
-        "this blender",
-        "the charger",
-        "the zipper on this jacket",
-        "the keyboard",
-        "these headphones",
-        "the vacuum cleaner",
-        "the packaging",
-        "the instruction manual",
-    ],
-    "hotel": [
-        "the room",
-        "the front desk",
-        "the breakfast buffet",
-        "the pool",
-        "the view from our balcony",
-        "the bed",
-        "the shower",
-        "the hotel gym",
-    ],
-    "software": [
-        "the latest update",
-        "the mobile app",
-        "the login page",
-        "customer support",
-        "the new dashboard",
-        "the sync feature",
-        "the search function",
-        "the installer",
-    ],
-    "travel": [
-        "the flight",
-        "the night train",
-        "our tour guide",
-        "the airport lounge",
-        "the ferry crossing",
-        "the rental car",
-        "the walking tour",
-    ],
+    "restaurant": _bank(
+        "the pasta|the service|our waiter|the dessert menu|the tomato soup|the wine list|"
+        "the grilled fish|the corner table by the window|the kitchen|the breakfast special"
+    ),
+    "movie": _bank(
+        "the plot|the soundtrack|the lead actor|the ending|the second half of the film|"
+        "the dialogue|the special effects|the director's latest project|the supporting cast"
+    ),
+    "product": _bank(
+        "the battery|the screen|this blender|the charger|the zipper on this jacket|the keyboard|"
+        "these headphones|the vacuum cleaner|the packaging|the instruction manual"
+    ),
+    "hotel": _bank(
+        "the room|the front desk|the breakfast buffet|the pool|the view from our balcony|the bed|"
+        "the shower|the hotel gym"
+    ),
+    "software": _bank(
+        "the latest update|the mobile app|the login page|customer support|the new dashboard|"
+        "the sync feature|the search function|the installer"
+    ),
+    "travel": _bank(
+        "the flight|the night train|our tour guide|the airport lounge|the ferry crossing|"
+        "the rental car|the walking tour"
+    ),
 }
 
 _PREDICATES: dict[Sentiment, list[str]] = {
-    "positive": [
-        "was absolutely delicious",
-        "exceeded every expectation we had",
-        "works exactly as described",
-        "made the whole evening feel special",
-        "is the best I have tried in years",
-        "was friendly, quick and genuinely helpful",
-        "feels solid and well made",
-        "turned out to be a pleasant surprise",
-        "was worth every single penny",
-        "left us smiling for days",
-        "is fast, reliable and easy to use",
-        "kept me hooked from start to finish",
-        "was spotless",
-        "handled everything we threw at it",
-    ],
-    "negative": [
-        "was cold and bland",
-        "stopped working after two days",
-        "felt like a complete waste of money",
-        "was rude and completely unhelpful",
-        "is slow, buggy and confusing",
-        "fell apart within a week",
-        "was a huge disappointment",
-        "crashed every time I opened it",
-        "smelled strange and looked dirty",
-        "dragged on for far too long",
-        "was delayed by almost four hours",
-        "never did what the advert promised",
-        "broke on the very first use",
-        "made the whole trip miserable",
-    ],
-    "neutral": [
-        "arrived on Tuesday",
-        "comes in three different colours",
-        "is located near the main station",
-        "was about what I expected",
-        "is available in two sizes",
-        "was replaced last month",
-        "takes roughly twenty minutes to set up",
-        "opens at nine in the morning",
-        "uses the same parts as the older model",
-        "was mentioned in the weekly newsletter",
-        "is listed on the second page of the catalogue",
-        "had a few other customers waiting",
-    ],
+    "positive": _bank(
+        "was absolutely delicious|exceeded every expectation we had|works exactly as described|"
+        "made the whole evening feel special|is the best I have tried in years|"
+        "was friendly, quick and genuinely helpful|feels solid and well made|"
+        "turned out to be a pleasant surprise|was worth every single penny|"
+        "left us smiling for days|is fast, reliable and easy to use|"
+        "kept me hooked from start to finish|was spotless|handled everything we threw at it"
+    ),
+    "negative": _bank(
+        "was cold and bland|stopped working after two days|felt like a complete waste of money|"
+        "was rude and completely unhelpful|is slow, buggy and confusing|fell apart within a week|"
+        "was a huge disappointment|crashed every time I opened it|"
+        "smelled strange and looked dirty|dragged on for far too long|"
+        "was delayed by almost four hours|never did what the advert promised|"
+        "broke on the very first use|made the whole trip miserable"
+    ),
+    "neutral": _bank(
+        "arrived on Tuesday|comes in three different colours|is located near the main station|"
+        "was about what I expected|is available in two sizes|was replaced last month|"
+        "takes roughly twenty minutes to set up|opens at nine in the morning|"
+        "uses the same parts as the older model|was mentioned in the weekly newsletter|"
+        "is listed on the second page of the catalogue|had a few other customers waiting"
+    ),
 }
 
-_OPENERS = [
-    "Last weekend",
-    "On our second visit",
-    "After three weeks of daily use",
-    "To be honest",
-    "Overall",
-    "For what it is worth",
-    "Surprisingly",
-    "As expected",
-    "According to my partner",
-    "Right from the start",
-    "Compared to last year",
-    "In short",
-]
+_OPENERS = _bank(
+    "Last weekend|On our second visit|After three weeks of daily use|To be honest|Overall|"
+    "For what it is worth|Surprisingly|As expected|According to my partner|Right from the start|"
+    "Compared to last year|In short"
+)
 
 _ELABORATIONS: dict[Sentiment, list[str]] = {
-    "positive": [
-        "I would happily recommend it to anyone",
-        "we are already planning to come back",
-        "the staff went out of their way to help us",
-        "my kids loved every minute of it",
-        "it has quickly become part of my routine",
-        "I ordered a second one for my sister",
-        "the price felt more than fair",
-        "everything was ready before we even asked",
-    ],
-    "negative": [
-        "I will not be ordering again",
-        "nobody bothered to reply to my emails",
-        "we had to ask three times for the bill",
-        "the refund still has not arrived",
-        "I regret not reading the reviews first",
-        "the noise kept us awake all night",
-        "half of the features simply do not work",
-        "the whole experience left a bad taste",
-    ],
-    "neutral": [
-        "I have not decided yet whether to keep it",
-        "the package included a printed manual",
-        "we paid by card at the counter",
-        "the website lists the opening hours",
-        "it was the first time we tried this place",
-        "the delivery needed a signature",
-        "there is a newer version coming next spring",
-        "most people around us ordered the same thing",
-    ],
+    "positive": _bank(
+        "I would happily recommend it to anyone|we are already planning to come back|"
+        "the staff went out of their way to help us|my kids loved every minute of it|"
+        "it has quickly become part of my routine|I ordered a second one for my sister|"
+        "the price felt more than fair|everything was ready before we even asked"
+    ),
+    "negative": _bank(
+        "I will not be ordering again|nobody bothered to reply to my emails|"
+        "we had to ask three times for the bill|the refund still has not arrived|"
+        "I regret not reading the reviews first|the noise kept us awake all night|"
+        "half of the features simply do not work|the whole experience left a bad taste"
+    ),
+    "neutral": _bank(
+        "I have not decided yet whether to keep it|the package included a printed manual|"
+        "we paid by card at the counter|the website lists the opening hours|"
+        "it was the first time we tried this place|the delivery needed a signature|"
+        "there is a newer version coming next spring|most people around us ordered the same thing"
+    ),
 }
 
 _CONNECTORS: dict[Sentiment, list[str]] = {
-    "same": [", and", ", and honestly", "; in fact,", ", so", ", which is why", ", and also"],
-    "contrast": [", but", ", although", "; however,", ", even though", ", yet"],
+    "same": _bank(", and|, and honestly|; in fact,|, so|, which is why|, and also"),
+    "contrast": _bank(", but|, although|; however,|, even though|, yet"),
 }
 
-_TAILS = [
-    "for the price",
-    "in my opinion",
-    "to be fair",
-    "at least for now",
-    "compared to the previous model",
-    "given how busy it was",
-    "on a rainy Sunday afternoon",
-    "after a very long week",
-    "despite the crowds",
-    "as far as I can tell",
-]
+_TAILS = _bank(
+    "for the price|in my opinion|to be fair|at least for now|compared to the previous model|"
+    "given how busy it was|on a rainy Sunday afternoon|after a very long week|despite the crowds|"
+    "as far as I can tell"
+)
 
 _SHORT: dict[Sentiment, list[str]] = {
-    "positive": [
-        "Absolutely loved it, highly recommended.",
-        "Great value and very friendly staff.",
-        "Five stars, would buy again.",
-        "Works perfectly, no complaints at all.",
-        "Best coffee in town, hands down.",
-    ],
-    "negative": [
-        "Terrible service, never going back.",
-        "Broke after one week of use.",
-        "Complete waste of money, avoid it.",
-        "Cold food and very long wait.",
-        "The app keeps crashing on startup.",
-    ],
-    "neutral": [
-        "The parcel arrived on Monday morning.",
-        "It comes with a standard charger.",
-        "The shop closes at six today.",
-        "We sat near the back door.",
-        "The update was installed last night.",
-    ],
+    "positive": _bank(
+        "Absolutely loved it, highly recommended.|Great value and very friendly staff.|"
+        "Five stars, would buy again.|Works perfectly, no complaints at all.|"
+        "Best coffee in town, hands down."
+    ),
+    "negative": _bank(
+        "Terrible service, never going back.|Broke after one week of use.|"
+        "Complete waste of money, avoid it.|Cold food and very long wait.|"
+        "The app keeps crashing on startup."
+    ),
+    "neutral": _bank(
+        "The parcel arrived on Monday morning.|It comes with a standard charger.|"
+        "The shop closes at six today.|We sat near the back door.|"
+        "The update was installed last night."
+    ),
 }
 
 _SENTIMENT_WEIGHTS: list[tuple[Sentiment, float]] = [
@@ -355,24 +263,9 @@ def build_corpus(size: int = DEFAULT_SIZE, seed: int = DEFAULT_SEED) -> list[Sen
     return out
 
 
-def request_bodies(texts: Sequence[str], items_per_request: int = 1) -> list[str]:
-    """JSON bodies for POST /predict: `{"text": ...}` or `{"texts": [...]}` groups."""
-    if items_per_request < 1:
-        raise ValueError("items_per_request must be >= 1")
-    if items_per_request == 1:
-        return [json.dumps({"text": t}) for t in texts]
-    n = len(texts)
-    # Wrap around so every body has the same number of items.
-    return [
-        json.dumps({"texts": [texts[(i + j) % n] for j in range(items_per_request)]})
-        for i in range(0, n, items_per_request)
-    ]
-
-
-def write_bodies(path: Path, bodies: Iterable[str]) -> Path:
-    """One JSON body per line (the format the wrk and loadtest scripts read)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(b + "\n" for b in bodies), encoding="utf-8")
+def write_bodies(path: Path, texts: Sequence[str]) -> Path:
+    """One POST /predict JSON body per line, `{"text": ...}`: what wrk_corpus.lua reads."""
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
     return path
 
 

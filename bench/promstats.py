@@ -10,6 +10,7 @@ import math
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,7 +19,6 @@ Snapshot = dict[tuple[str, LabelKey], float]
 
 BATCH_SIZE = "textclf_batch_size"
 QUEUE_DEPTH = "textclf_queue_depth"
-BATCH_PADDING = "textclf_batch_padding_efficiency"
 BATCH_TOKENS = "textclf_batch_tokens"
 INPUT_TOKENS = "textclf_input_tokens"
 QUEUE_WAIT = "textclf_queue_wait_seconds"
@@ -32,8 +32,7 @@ def parse_snapshot(text: str) -> Snapshot:
     out: Snapshot = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            key = (sample.name, tuple(sorted(sample.labels.items())))
-            out[key] = float(sample.value)
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = float(sample.value)
     return out
 
 
@@ -88,17 +87,6 @@ class Histogram:
         # Rank falls in the +Inf bucket: the best statement is "above the last bound".
         return finite[-1] if finite else None
 
-    def distribution(self) -> list[dict[str, float]]:
-        """Non-cumulative counts per bucket, skipping empty ones, for the report."""
-        rows: list[dict[str, float]] = []
-        previous = 0.0
-        for le in sorted(self.buckets):
-            n = self.buckets[le] - previous
-            previous = self.buckets[le]
-            if n > 0:
-                rows.append({"le": le, "count": n})
-        return rows
-
 
 def histogram(snapshot: Snapshot, name: str, labels: Mapping[str, str] | None = None) -> Histogram:
     want = dict(labels or {})
@@ -123,11 +111,15 @@ def counter_by(
     want = dict(labels or {})
     out: dict[str, float] = {}
     for (sample, key), value in snapshot.items():
-        if sample != name or not _matches(key, want):
-            continue
-        group = dict(key).get(label, "")
-        out[group] = out.get(group, 0.0) + value
+        if sample == name and _matches(key, want):
+            group = dict(key).get(label, "")
+            out[group] = out.get(group, 0.0) + value
     return out
+
+
+def counter_diff(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, int]:
+    diff = {k: round(after.get(k, 0.0) - before.get(k, 0.0)) for k in sorted({*after, *before})}
+    return {k: v for k, v in diff.items() if v != 0}
 
 
 def pending_texts(snapshot: Snapshot) -> float:
@@ -143,62 +135,36 @@ def gauge(snapshot: Snapshot, name: str) -> float | None:
     return sum(values) if values else None
 
 
-def counter_diff(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, int]:
-    keys = sorted(set(after) | set(before))
-    diff = {k: round(after.get(k, 0.0) - before.get(k, 0.0)) for k in keys}
-    return {k: v for k, v in diff.items() if v != 0}
+def _r(value: float | None, scale: float = 1.0, digits: int = 2) -> float | None:
+    return None if value is None else round(value * scale, digits)
 
 
-def _r(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
+def step_metrics(before: Snapshot, after: Snapshot, route: str = "/predict") -> dict[str, Any]:
+    """What the server's side of one step says: passes, batch size, padding, queue wait."""
 
+    def diff(name: str) -> Histogram:
+        return histogram(after, name).minus(histogram(before, name))
 
-def summarize_histogram(h: Histogram, digits: int = 3, floor: float = 0.0) -> dict[str, object]:
-    return {
-        "count": round(h.count),
-        "mean": _r(h.mean, digits),
-        "p50": _r(h.quantile(0.5, floor), digits),
-        "p90": _r(h.quantile(0.9, floor), digits),
-        "p99": _r(h.quantile(0.99, floor), digits),
-        "buckets": h.distribution(),
-    }
-
-
-def step_metrics(
-    before: Snapshot, after: Snapshot, route: str = "/predict", clean: bool = True
-) -> dict[str, object]:
-    """Everything the report wants from the server's side of one step.
-
-    `clean`: no text was in flight at either snapshot (recorded; the figures below are
-    built so that stragglers at the edges of the window barely move them).
-    """
-    sizes = histogram(after, BATCH_SIZE).minus(histogram(before, BATCH_SIZE))
-    padding = histogram(after, BATCH_PADDING).minus(histogram(before, BATCH_PADDING))
-    padded = histogram(after, BATCH_TOKENS).minus(histogram(before, BATCH_TOKENS))
-    real = histogram(after, INPUT_TOKENS).minus(histogram(before, INPUT_TOKENS))
-    wait = histogram(after, QUEUE_WAIT).minus(histogram(before, QUEUE_WAIT))
-    infer = histogram(after, INFERENCE).minus(histogram(before, INFERENCE))
-    # Token-weighted efficiency (all real tokens / all padded tokens) is what costs CPU;
-    # the per-batch histogram mean weighs a batch of 1 like a batch of 32. Real tokens are
-    # counted per text at tokenization, which can fall outside the step's window for texts
-    # in flight at its edges, so use mean tokens per text x texts actually forwarded.
-    token_weighted = (
+    sizes, padded, real = diff(BATCH_SIZE), diff(BATCH_TOKENS), diff(INPUT_TOKENS)
+    wait, infer = diff(QUEUE_WAIT), diff(INFERENCE)
+    # Token-weighted padding efficiency (real tokens / tokens computed) is what costs CPU.
+    # Real tokens are counted at tokenization, which can fall outside the step's window for
+    # texts in flight at its edges: mean tokens per text x texts actually forwarded.
+    efficiency = (
         real.mean * sizes.total / padded.total
         if real.mean is not None and padded.total > 0
         else None
     )
     return {
         "forward_passes": round(sizes.count),
-        "clean_window": clean,
-        "batch_size": summarize_histogram(sizes, 2, floor=1.0),
-        "padding_efficiency": summarize_histogram(padding, 3),
-        "padding_efficiency_token_weighted": _r(token_weighted),
-        "queue_wait_ms": {
-            "mean": _r(None if wait.mean is None else wait.mean * 1000, 2),
-            "p50": _r(_scale(wait.quantile(0.5), 1000), 2),
-            "p99": _r(_scale(wait.quantile(0.99), 1000), 2),
+        "batch_size": {
+            "mean": _r(sizes.mean),
+            "p50": _r(sizes.quantile(0.5, floor=1.0)),
+            "p90": _r(sizes.quantile(0.9, floor=1.0)),
         },
-        "inference_ms_per_batch": {"mean": _r(_scale(infer.mean, 1000), 2)},
+        "padding_efficiency": _r(efficiency, digits=3),
+        "queue_wait_ms": {"mean": _r(wait.mean, 1000), "p99": _r(wait.quantile(0.99), 1000)},
+        "inference_ms_per_pass": _r(infer.mean, 1000),
         "requests_by_status": counter_diff(
             counter_by(after, REQUESTS, "status", {"route": route}),
             counter_by(before, REQUESTS, "status", {"route": route}),
@@ -207,7 +173,3 @@ def step_metrics(
             counter_by(after, REJECTIONS, "reason"), counter_by(before, REJECTIONS, "reason")
         ),
     }
-
-
-def _scale(value: float | None, factor: float) -> float | None:
-    return None if value is None else value * factor

@@ -1,7 +1,9 @@
-"""Start the app as a subprocess, time its cold start, and stop it with SIGTERM."""
+"""Start `python -m app` on a free loopback port and stop it: the one launcher that the
+benchmark and the integration tests share."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,19 +13,17 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import psutil
-
-from bench.procmon import tree_rss_bytes
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def http_status(url: str, timeout_s: float = 2.0) -> int | None:
@@ -37,87 +37,81 @@ def http_status(url: str, timeout_s: float = 2.0) -> int | None:
         return None
 
 
-class ServerError(RuntimeError):
-    """The server did not become ready or died."""
+def get_json(url: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        data = json.loads(resp.read())
+    if not isinstance(data, dict):
+        raise ValueError(f"{url} did not answer a JSON object")
+    return data
 
 
-@dataclass
+def rss_mib(pid: int) -> float | None:
+    """Resident memory of a process (VmRSS in /proc/<pid>/status), or None when gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 class ServerProcess:
-    """`python -m app` on 127.0.0.1:`port` with env overrides; logs go to `log_path`."""
+    """`python -m app` in `cwd`, started on construction, from a bare environment (PATH,
+    HOME) plus MODEL_PATH, HOST, PORT, LOG_LEVEL and `env`: the plain names, which both the current
+    app (as aliases of TEXTCLF_*) and older checkouts read."""
 
-    env_overrides: Mapping[str, str]
-    log_path: Path
-    port: int = field(default_factory=free_port)
-    cwd: Path = field(default_factory=Path.cwd)
-    proc: subprocess.Popen[bytes] | None = field(init=False, default=None)
-    _log: IO[bytes] | None = field(init=False, default=None)
-    started_at: float = field(init=False, default=0.0)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = dict(os.environ)
-        env.update(self.env_overrides)
-        env["HOST"] = "127.0.0.1"
-        env["PORT"] = str(self.port)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("wb")
-        self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app"],
-            cwd=self.cwd,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+    def __init__(
+        self,
+        model_path: Path,
+        log: IO[bytes],
+        env: Mapping[str, str] | None = None,
+        *,
+        cwd: Path = ROOT,
+        python: str = sys.executable,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environment = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/tmp"),
+            "MODEL_PATH": str(model_path),
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "LOG_LEVEL": "info",
+        } | dict(env or {})
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            [python, "-m", "app"], cwd=cwd, env=environment, stdout=log, stderr=log
         )
-
-    def wait_ready(self, timeout_s: float = 120.0, poll_s: float = 0.05) -> dict[str, Any]:
-        """Poll /health and /ready; returns seconds from process start to each first 200."""
-        assert self.proc is not None, "start() first"
-        health_s: float | None = None
-        deadline = self.started_at + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ServerError(
-                    f"server exited with {self.proc.returncode} before ready; see {self.log_path}"
-                )
-            if health_s is None and http_status(f"{self.base_url}/health", 1.0) == 200:
-                health_s = time.monotonic() - self.started_at
-            if http_status(f"{self.base_url}/ready", 1.0) == 200:
-                ready_s = time.monotonic() - self.started_at
-                return {
-                    "to_listening_s": round(health_s if health_s is not None else ready_s, 3),
-                    "to_ready_s": round(ready_s, 3),
-                    "rss_mib_at_ready": round(
-                        tree_rss_bytes(psutil.Process(self.proc.pid)) / 2**20, 1
-                    ),
-                }
-            time.sleep(poll_s)
-        raise ServerError(f"server not ready after {timeout_s:.0f}s; see {self.log_path}")
+        self.ready_after_s: float | None = None
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        return self.process.pid
 
-    def stop(self, timeout_s: float = 30.0) -> dict[str, Any]:
-        """SIGTERM, wait for exit (graceful drain), SIGKILL only as a last resort."""
-        if self.proc is None:
-            return {}
-        info: dict[str, Any] = {}
-        if self.proc.poll() is None:
-            t0 = time.monotonic()
-            self.proc.send_signal(signal.SIGTERM)
+    def wait_ready(self, timeout_s: float = 120.0) -> float:
+        """Seconds from process start to the first 200 of /ready."""
+        deadline = self.started + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode} before ready")
+            if http_status(f"{self.url}/ready", 1.0) == 200:
+                self.ready_after_s = time.monotonic() - self.started
+                return self.ready_after_s
+            time.sleep(0.05)
+        raise TimeoutError(f"server not ready within {timeout_s} s")
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM (graceful drain), SIGKILL only when it does not exit in time."""
+        if self.process.poll() is None:
+            self.terminate()
             try:
-                self.proc.wait(timeout=timeout_s)
-                info["stop_s"] = round(time.monotonic() - t0, 3)
+                self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-                info["killed"] = True
-        info["exit_code"] = self.proc.returncode
-        if self._log is not None:
-            self._log.close()
-        return info
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode

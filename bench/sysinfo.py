@@ -1,72 +1,65 @@
-"""Facts about the machine and the checkout, recorded with every result."""
+"""The machine a result was measured on, recorded in every result: the figures depend on
+the CPU's instruction sets as much as on the code."""
 
 from __future__ import annotations
 
 import os
 import platform
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-
-def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
+FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
+def _cpuinfo(key: str) -> str:
+    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+        if line.startswith(key):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def cpu_class(flags: list[str]) -> str:
+    """The name a result file is kept under: one current result per class."""
+    if "amx_tile" in flags:
+        return "cpu-avx512-amx"
+    if "avx512f" in flags:
+        return "cpu-avx512"
+    return "cpu-avx2" if "avx2" in flags else "cpu-other"
 
 
 def git_commit(cwd: Path) -> str | None:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return f"{head}{'-dirty' if dirty else ''}"
+    """The checkout's commit, with "-dirty" when tracked files differ from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True).stdout
+
+    head = git("rev-parse", "--short", "HEAD").strip()
+    dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+    return f"{head}-dirty" if head and dirty else head or None
 
 
 def machine(cwd: Path) -> dict[str, Any]:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 0
-    mem_gib: float | None = None
-    try:
-        import psutil
+    import torch
 
-        mem_gib = round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:
-        pass
+    flags = [f for f in FLAGS if f in _cpuinfo("flags").split()]
     return {
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": platform.node(),
+        "cpu_model": _cpuinfo("model name") or platform.processor(),
+        "cores": len(os.sched_getaffinity(0)),
+        "flags": flags,
+        "cpu_class": cpu_class(flags),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu_model": cpu_model(),
-        "cores": cores,
-        "memory_gib": mem_gib,
-        "load_average_start": load_average(),
-        "git_commit": git_commit(cwd),
+        "git": git_commit(cwd),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def describe(m: dict[str, Any]) -> str:
+    """One line for the reports."""
+    return (
+        f"{m['cpu_model']}, {m['cores']} cores, {m['cpu_class']} (torch capability "
+        f"{m['torch_cpu_capability']}; flags {' '.join(m['flags'])}), torch {m['torch']}, "
+        f"git {m['git']}, load average {m['load_average']}"
+    )

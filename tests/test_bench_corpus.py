@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-import pytest
-
-from bench.corpus import (
-    MAX_WORDS,
-    MIN_WORDS,
-    build_corpus,
-    describe,
-    request_bodies,
-    write_bodies,
-)
+from bench.corpus import MAX_WORDS, MIN_WORDS, build_corpus, describe, write_bodies
 
 
 def test_same_seed_same_corpus() -> None:
@@ -48,22 +40,7 @@ def test_sentences_look_like_sentences() -> None:
         assert ",," not in s.text and " ," not in s.text
 
 
-def test_request_bodies_single_and_grouped() -> None:
-    texts = ["a b c", "d e f", "g h i"]
-    singles = [json.loads(b) for b in request_bodies(texts)]
-    assert singles == [{"text": t} for t in texts]
-    grouped = [json.loads(b) for b in request_bodies(texts, items_per_request=2)]
-    # Groups wrap around so every body carries the same number of texts.
-    assert grouped == [{"texts": ["a b c", "d e f"]}, {"texts": ["g h i", "a b c"]}]
-    with pytest.raises(ValueError):
-        request_bodies(texts, 0)
-
-
-def test_write_bodies_one_per_line(tmp_path: object) -> None:
-    from pathlib import Path
-
-    assert isinstance(tmp_path, Path)
-    path = write_bodies(tmp_path / "b.jsonl", request_bodies(["x y z", 'say "hi"\nnow']))
+def test_bodies_one_json_text_per_line(tmp_path: Path) -> None:
+    path = write_bodies(tmp_path / "b.jsonl", ["x y z", 'say "hi"\nnow'])
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 2
-    assert json.loads(lines[1]) == {"text": 'say "hi"\nnow'}
+    assert [json.loads(line) for line in lines] == [{"text": "x y z"}, {"text": 'say "hi"\nnow'}]

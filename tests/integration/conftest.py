@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.server import ServerProcess, default_model_path
+from bench.server import ROOT, ServerProcess
+
+
+def default_model_path() -> Path:
+    """The model the integration tests serve: MODEL_PATH, else the built default model."""
+    path = Path(os.environ.get("MODEL_PATH", ROOT / "model" / "default"))
+    if not (path / "config.json").is_file():
+        raise RuntimeError(f"no model at {path}: run `make model` first (make test does)")
+    return path
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -26,7 +35,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
     def start(model: Path, **env: str) -> ServerProcess:
         log = (tmp_path / f"server-{len(servers)}.log").open("wb")
-        server = ServerProcess(model, log, **env)
+        server = ServerProcess(model, log, env)
         servers.append(server)
         return server
 
