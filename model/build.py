@@ -1,6 +1,8 @@
 """Build (or reuse from the cache) the default classifier: ``python -m model.build --out DIR``.
 
-1. Compute the cache key (recipe, wheel pins, library versions, build code; no torch import).
+1. Choose the training precision for this CPU (model/precision.py: bf16 only where bf16 runs
+   natively; remembered in the cache, so this too imports no torch after the first time).
+   Compute the cache key (recipe with that precision, wheel pins, library versions, build code).
 2. If DIR already holds a build with that key, stop: this is the path ``make`` takes every time.
 3. If the cache holds a build with that key, copy it into DIR.
 4. Otherwise fine-tune into the cache, then copy into DIR.
@@ -24,6 +26,7 @@ from typing import Any
 from model.cachekey import cache_key, key_inputs
 from model.data import LABEL2ID, LABELS, confidence_weights, load_corpus, split
 from model.pins import ENCODER, ENCODER_FILES, ENCODER_PREFIX
+from model.precision import Decision, choose_precision, read_cpuinfo
 from model.recipe import Recipe
 from model.selftest import CASES as SELFTEST_CASES
 from model.selftest import write_selftest
@@ -34,6 +37,12 @@ REPORT_FILE = "eval_report.json"
 HELDOUT_FILE = "heldout_ids.json"
 # A model below this is broken (e.g. a tokenizer mapping every word to [UNK]), not just weak.
 SANITY_MIN_ACCURACY = 0.6
+
+
+def machine_recipe(cache: Path | None = None) -> tuple[Recipe, Decision]:
+    """The default recipe with the precision this machine trains in, and why."""
+    decision = choose_precision(cache or cache_dir())
+    return replace(Recipe(), precision=decision.precision), decision
 
 
 def read_info(folder: Path) -> dict[str, Any] | None:
@@ -106,7 +115,13 @@ def check_selftest(folder: Path, model: Any, tokenizer: Any) -> None:
 
 
 def train_and_save(
-    recipe: Recipe, inputs: dict[str, Any], key: str, folder: Path, cache: Path, progress: bool
+    recipe: Recipe,
+    inputs: dict[str, Any],
+    key: str,
+    folder: Path,
+    cache: Path,
+    progress: bool,
+    decision: Decision | None = None,
 ) -> dict[str, Any]:
     """Fine-tune, save to folder and write the report, card and build info. Returns the report."""
     start = time.perf_counter()
@@ -147,7 +162,13 @@ def train_and_save(
             attention_probs_dropout_prob=recipe.dropout,
             classifier_dropout=recipe.dropout,
         )
-    print(f"training on {len(train_set)} examples, holding out {len(heldout)}", file=sys.stderr)
+    if decision is None or decision.precision != recipe.precision:
+        decision = Decision(recipe.precision, "set by the caller's recipe")
+    print(
+        f"training on {len(train_set)} examples, holding out {len(heldout)}, in "
+        f"{recipe.precision} ({decision.reason})",
+        file=sys.stderr,
+    )
     stats_train = train(
         model,
         tokenizer,
@@ -190,6 +211,7 @@ def train_and_save(
         "versions": inputs["versions"],
         "built_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "data": {**asdict(stats), "train": len(train_set), "heldout": len(heldout)},
+        "precision": decision.to_dict(),
         "metrics": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
         "timing": {
             "build_seconds": round(time.perf_counter() - start, 1),
@@ -198,6 +220,8 @@ def train_and_save(
             "steps": stats_train.steps,
             "padding_efficiency": round(stats_train.real_tokens / stats_train.padded_tokens, 4),
             "cpus": os.cpu_count(),
+            "cpu_model": read_cpuinfo()[0] or "unknown",
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "load_start": load_start,
             "load_end": _loadavg(),
         },
@@ -219,8 +243,12 @@ def build(
     cache: Path | None = None,
     force: bool = False,
     progress: bool = True,
+    decision: Decision | None = None,
 ) -> str:
-    """Make out hold the build for recipe; returns what was done ("up to date", ...)."""
+    """Make out hold the build for recipe; returns what was done ("up to date", ...).
+
+    decision (why recipe.precision was chosen) only goes into the records of a new build.
+    """
     cache = cache or cache_dir()
     inputs = key_inputs(recipe)
     key = cache_key(inputs)
@@ -231,7 +259,7 @@ def build(
         cached.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".build-{key[:12]}-", dir=cached.parent))
         try:
-            train_and_save(recipe, inputs, key, staging, cache, progress)
+            train_and_save(recipe, inputs, key, staging, cache, progress, decision)
             if cached.exists():
                 shutil.rmtree(cached)
             os.replace(staging, cached)
@@ -248,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m model.build",
         description="Build (or reuse from the cache) the default sentiment classifier.",
+        epilog=(
+            "Training precision: bf16 autocast where the CPU runs bf16 matmuls natively, fp32 "
+            "otherwise (model/precision.py); TEXTCLF_BUILD_PRECISION=float32|bfloat16|auto "
+            "overrides it."
+        ),
     )
     parser.add_argument("--out", type=Path, required=True, help="folder to write the model to")
     parser.add_argument(
@@ -261,10 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    recipe = Recipe() if args.seed is None else replace(Recipe(), seed=args.seed)
     start = time.perf_counter()
     try:
-        action = build(args.out, recipe, args.cache_dir, args.force, not args.no_progress)
+        recipe, decision = machine_recipe(args.cache_dir)
+        if args.seed is not None:
+            recipe = replace(recipe, seed=args.seed)
+        action = build(args.out, recipe, args.cache_dir, args.force, not args.no_progress, decision)
     except BuildError as exc:
         print(f"model.build: error: {exc}", file=sys.stderr)
         return 1
@@ -272,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics = info.get("metrics", {})
     print(
         f"model.build: {args.out} {action} in {time.perf_counter() - start:.1f}s "
-        f"(key {info.get('cache_key', '?')[:12]}, accuracy {metrics.get('accuracy')}, "
-        f"macro-F1 {metrics.get('macro_f1')})",
+        f"(key {info.get('cache_key', '?')[:12]}, {info.get('recipe', {}).get('precision')}, "
+        f"accuracy {metrics.get('accuracy')}, macro-F1 {metrics.get('macro_f1')})",
         file=sys.stderr,
     )
     return 0

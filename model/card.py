@@ -37,6 +37,14 @@ def render_card(info: Mapping[str, Any], report: Mapping[str, Any]) -> str:
             ", against soft targets (the gold label gets the annotators' confidence c, the "
             "other labels share 1 - c)"
         )
+    if recipe["precision"] == "bfloat16":
+        precision = "bf16 autocast on the CPU (weights, optimizer and loss in fp32)"
+    else:
+        precision = "fp32 throughout"
+    decision = info.get("precision") or {}
+    why = f" ({decision['reason']})" if decision.get("reason") else ""
+    cpu = timing.get("cpu_model")
+    cpu_text = f" ({cpu}, torch CPU capability {timing.get('torch_cpu_capability')})" if cpu else ""
     recipe_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in recipe.items())
     version_rows = ", ".join(f"{k} {v}" for k, v in versions.items())
     return f"""---
@@ -107,7 +115,7 @@ Full numbers: `eval_report.json`; held-out ids: `heldout_ids.json`.
 new head): {recipe["epochs"]} epoch(s), AdamW with linear warmup then {recipe["schedule"]} decay,
 batches of {recipe["batch_size"]} drawn by length from shuffled windows (little padding), at most
 {recipe["max_length"]} word pieces per tweet, {frozen}, dropout {recipe["dropout"]},
-{"bf16 autocast on the CPU (weights and optimizer in fp32)" if recipe["autocast_bf16"] else "fp32"}.
+{precision}.
 Loss: {loss}.
 Training is single-process on {recipe["torch_threads"]} threads; seeds are fixed and the batch
 order is a function of the seed, so the same seed with the same software on the same CPU gives
@@ -120,8 +128,11 @@ the same weights and metrics. The held-out evaluation runs the saved fp32 weight
 ## Build
 
 - Wall time: {timing["build_seconds"]:.0f} s for the whole build ({timing["train_seconds"]:.0f} s
-  training, {timing["eval_seconds"]:.1f} s held-out evaluation) on {timing["cpus"]} CPU(s);
+  training, {timing["eval_seconds"]:.1f} s held-out evaluation) on {timing["cpus"]}
+  CPU(s){cpu_text};
   load average at start/end: {timing["load_start"]} / {timing["load_end"]}.
+- Training precision: **{recipe["precision"]}**{why}. The build trains in bf16 only where the
+  CPU runs bf16 matmuls natively (model/precision.py); the precision is part of the cache key.
 - Training steps: {timing["steps"]}, padding efficiency {timing["padding_efficiency"]:.2f}
   (real tokens / padded tokens).
 - Versions: {version_rows}.

@@ -7,6 +7,10 @@ from typing import Any
 
 from model.data import DEFAULT_SEED, HELDOUT_FRACTION
 
+FP32 = "float32"
+BF16 = "bfloat16"
+PRECISIONS = (FP32, BF16)
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -28,7 +32,10 @@ class Recipe:
     freeze_embeddings: bool = True
     # Lowest encoder layers kept frozen (0 trains all six).
     frozen_layers: int = 0
-    autocast_bf16: bool = True
+    # "bfloat16" (bf16 autocast for the matmuls; weights, optimizer and loss in fp32) or "float32".
+    # The build sets it per machine (model/precision.py): bf16 only where the CPU runs bf16
+    # matmuls in hardware, as emulated bf16 is tens of times slower than fp32.
+    precision: str = FP32
     # Scale each example's loss by the annotators' agreement (the CSV's confidence column;
     # missing counts as 1), so ambiguous tweets pull less.
     weight_by_confidence: bool = False
@@ -48,6 +55,10 @@ class Recipe:
     # Dropout of the encoder and the head while training (BERT's default is 0.1).
     dropout: float = 0.0
     torch_threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: expected one of {PRECISIONS}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

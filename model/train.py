@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from model.recipe import Recipe
+from model.recipe import BF16, Recipe
 
 if TYPE_CHECKING:
     import torch
@@ -185,7 +185,7 @@ def train(
         input_ids, mask = collate([encoded[i] for i in batch], pad_id)
         real += int(mask.sum())
         padded += mask.numel()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.autocast_bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.precision == BF16):
             logits = model(input_ids=input_ids, attention_mask=mask).logits
         per_example = torch.nn.functional.cross_entropy(
             logits.float(),

@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from model import build as build_mod
+from model import precision as precision_mod
 from model.build import INFO_FILE, copy_build, is_complete
 from model.cachekey import cache_key, code_digest, key_inputs
 from model.card import render_card
@@ -38,6 +40,7 @@ from model.data import (
 )
 from model.evaluate import compute_report
 from model.pins import PINS, WheelPin
+from model.precision import MEMO_FILE, choose_precision
 from model.recipe import Recipe
 from model.selftest import CASES as SELFTEST_CASES
 from model.train import bucketed_batches, layer_of, lr_factor, param_groups, soft_targets
@@ -355,15 +358,22 @@ def test_build_copies_from_cache_then_is_up_to_date(tmp_path: Path) -> None:
     assert build_mod.build(out, recipe, cache) == "up to date"
 
 
-def test_cached_cli_run_is_fast_and_imports_no_torch(tmp_path: Path) -> None:
-    key = cache_key(key_inputs(Recipe()))
+def test_cached_cli_run_is_fast_and_imports_no_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(precision_mod.ENV, raising=False)
+    cache = tmp_path / "cache"
+    # Where the CPU has bf16 flags, the first run measures (torch) and remembers the answer in
+    # the cache; later runs read it. Seed that memory here without a measurement.
+    choose_precision(cache, measure=lambda: (0.01, 0.005))
+    key = cache_key(key_inputs(build_mod.machine_recipe(cache)[0]))
     out = tmp_path / "out"
     _fake_build(out, key)
     code = (
         "import sys; from model.build import main; rc = main(['--out', sys.argv[1]]);"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; sys.exit(rc)"
     )
-    env = {**os.environ, "TEXTCLF_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "TEXTCLF_CACHE_DIR": str(cache)}
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", code, str(out)],
@@ -401,6 +411,7 @@ def test_model_card_renders_metrics_split_and_licences() -> None:
             "train": 3,
             "heldout": 1,
         },
+        "precision": {"precision": "bfloat16", "reason": "native bf16 (amx_bf16)"},
         "timing": {
             "build_seconds": 300.0,
             "train_seconds": 250.0,
@@ -408,11 +419,19 @@ def test_model_card_renders_metrics_split_and_licences() -> None:
             "steps": 10,
             "padding_efficiency": 0.95,
             "cpus": 2,
+            "cpu_model": "Fake Xeon",
+            "torch_cpu_capability": "AVX512",
             "load_start": "1.00 1.00 1.00",
             "load_end": "2.00 2.00 2.00",
         },
     }
+    card = render_card({**info, "recipe": replace(recipe, precision="bfloat16").to_dict()}, report)
+    assert "Training precision: **bfloat16** (native bf16 (amx_bf16))" in card
+    assert "bf16 autocast on the CPU" in card
+    assert "Fake Xeon, torch CPU capability AVX512" in card
     card = render_card(info, report)
+    assert "Training precision: **float32**" in card
+    assert "fp32 throughout" in card
     assert "accuracy 75.00%" in card
     assert "CC BY-NC-SA 4.0" in card
     assert "Apache-2.0" in card
@@ -472,3 +491,112 @@ def test_param_groups_decay_the_rate_by_depth_and_skip_frozen() -> None:
 
 def test_selftest_cases_cover_every_label() -> None:
     assert {label for _, label in SELFTEST_CASES} == set(LABELS)
+
+
+# ---------------------------------------------------------------- training precision
+
+BF16_FLAGS = frozenset({"fpu", "avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+AVX2_FLAGS = frozenset({"fpu", "avx2", "fma"})
+
+
+def _cpu(monkeypatch: pytest.MonkeyPatch, flags: frozenset[str], name: str = "Fake CPU") -> None:
+    monkeypatch.delenv(precision_mod.ENV, raising=False)
+    monkeypatch.setattr(precision_mod, "read_cpuinfo", lambda path=None: (name, flags))
+
+
+def _measured(fp32_s: float, bf16_s: float) -> Any:
+    calls: list[int] = []
+
+    def measure(threads: int = 1, reps: int = 5) -> tuple[float, float]:
+        calls.append(threads)
+        return fp32_s, bf16_s
+
+    measure.calls = calls  # type: ignore[attr-defined]
+    return measure
+
+
+def test_no_native_bf16_trains_fp32_under_another_cache_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An AVX2-only CPU (e.g. AMD EPYC Rome/Milan): bf16 would be emulated, tens of times slower.
+    _cpu(monkeypatch, AVX2_FLAGS, "AMD EPYC 7B12")
+    measure = _measured(0.010, 0.004)
+    monkeypatch.setattr(precision_mod, "measure_matmul", measure)
+    fp32_recipe, decision = build_mod.machine_recipe(tmp_path)
+    assert fp32_recipe.precision == decision.precision == "float32"
+    assert "no native bf16" in decision.reason
+    assert measure.calls == []  # decided from the flags alone: no torch import
+    assert not (tmp_path / MEMO_FILE).exists()
+
+    _cpu(monkeypatch, BF16_FLAGS, "Intel Xeon Platinum 8480+")
+    bf16_recipe, _ = build_mod.machine_recipe(tmp_path)
+    assert bf16_recipe.precision == "bfloat16"
+    assert replace(bf16_recipe, precision="float32") == fp32_recipe  # nothing else differs
+    assert cache_key(key_inputs(fp32_recipe, versions=VERSIONS, code="abc")) != cache_key(
+        key_inputs(bf16_recipe, versions=VERSIONS, code="abc")
+    )
+
+
+def test_native_bf16_flags_and_a_faster_measurement_choose_bf16(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _cpu(monkeypatch, BF16_FLAGS)
+    measure = _measured(0.010, 0.004)
+    monkeypatch.setattr(precision_mod, "measure_matmul", measure)
+    decision = choose_precision(tmp_path)
+    assert decision.precision == "bfloat16"
+    assert (decision.fp32_ms, decision.bf16_ms) == (10.0, 4.0)
+    assert "amx_bf16, avx512_bf16" in decision.reason
+    assert measure.calls == [1]
+    # Remembered per CPU in the cache: the next build (and every no-op run) does not measure.
+    assert choose_precision(tmp_path) == decision
+    assert measure.calls == [1]
+    # Another CPU (or an ISA cap in the environment) is measured afresh.
+    env = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    monkeypatch.setattr(precision_mod, "measure_matmul", _measured(0.010, 0.600))
+    capped = choose_precision(tmp_path, env=env)
+    assert capped.precision == "float32"
+    assert "emulated" in capped.reason
+    assert choose_precision(tmp_path) == decision  # the uncapped answer is kept alongside
+
+
+def test_native_flags_but_slower_bf16_choose_fp32(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # E.g. ATEN_CPU_CAPABILITY=avx2 / ONEDNN_MAX_CPU_ISA=AVX2 on a CPU with AMX.
+    _cpu(monkeypatch, BF16_FLAGS)
+    monkeypatch.setattr(precision_mod, "measure_matmul", _measured(0.010, 0.011))
+    assert choose_precision(tmp_path).precision == "float32"
+
+
+def test_precision_override_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _cpu(monkeypatch, BF16_FLAGS)
+    monkeypatch.setattr(precision_mod, "measure_matmul", _measured(0.010, 0.004))
+    for value in ("float32", "bfloat16"):
+        monkeypatch.setenv(precision_mod.ENV, value)
+        assert choose_precision(tmp_path).precision == value
+    monkeypatch.setenv(precision_mod.ENV, "fp16")
+    with pytest.raises(BuildError, match="TEXTCLF_BUILD_PRECISION"):
+        choose_precision(tmp_path)
+    with pytest.raises(ValueError, match="precision"):
+        Recipe(precision="fp16")
+
+
+def test_read_cpuinfo_takes_the_model_and_flags(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Fake EPYC\nflags\t\t: fpu avx2 fma\n\n"
+        "processor\t: 1\nmodel name\t: Fake EPYC\nflags\t\t: fpu avx2 fma\n"
+    )
+    assert precision_mod.read_cpuinfo(info) == ("Fake EPYC", frozenset({"fpu", "avx2", "fma"}))
+    assert precision_mod.read_cpuinfo(tmp_path / "missing") == ("", frozenset())
+
+
+def test_readme_states_the_build_time_per_cpu_class() -> None:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("The first `make model`")
+    paragraph = " ".join(text[start : text.index("then a no-op", start)].split())
+    minutes = r"\d+(?:\.\d+)?(?:-\d+(?:\.\d+)?)? min"
+    for cpu_class in ("native bf16", "AVX2-only"):
+        near = rf"{minutes}[^;]{{0,120}}{cpu_class}|{cpu_class}[^;]{{0,120}}?{minutes}"
+        assert re.search(near, paragraph), f"no build time for {cpu_class} CPUs in: {paragraph}"

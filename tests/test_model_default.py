@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from model.build import HELDOUT_FILE, INFO_FILE, REPORT_FILE, is_complete
+from model.build import HELDOUT_FILE, INFO_FILE, REPORT_FILE, is_complete, machine_recipe
 from model.cachekey import cache_key, key_inputs
 from model.data import LABELS, dedup_key, load_split
-from model.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "model" / "default"
@@ -49,8 +48,12 @@ def classifier(model_dir: Path) -> Any:
 
 
 def test_built_model_matches_the_current_code_and_recipe(model_dir: Path) -> None:
-    key = cache_key(key_inputs(Recipe()))
+    # The recipe with the precision this machine trains in (bf16 only with native bf16).
+    recipe, _ = machine_recipe()
+    key = cache_key(key_inputs(recipe))
     assert is_complete(model_dir, key), "model/default is stale: run `make model`"
+    info = json.loads((model_dir / INFO_FILE).read_text())
+    assert info["recipe"]["precision"] == info["precision"]["precision"] == recipe.precision
 
 
 def test_folder_is_a_complete_save_pretrained_classifier(model_dir: Path) -> None:
@@ -125,7 +128,7 @@ def test_obvious_sentences_are_labelled_right(classifier: Any, text: str, label:
 
 def test_build_ships_a_self_test_the_service_passes(model_dir: Path) -> None:
     from app.config import Settings
-    from app.startup import selftest_file
+    from app.core.bringup import selftest_file
 
     cases = json.loads((model_dir / "selftest.json").read_text())
     assert {case["label"] for case in cases} == {"negative", "neutral", "positive"}
@@ -141,4 +144,5 @@ def test_model_card_documents_data_licences_and_metrics(
     assert "Apache-2.0" in card
     assert f"accuracy {100 * report['accuracy']:.2f}%" in card
     assert info["cache_key"] in card
+    assert f"Training precision: **{info['recipe']['precision']}**" in card
     assert "seed" in card

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m tools.int8_accuracy [MODEL_DIR]   (default model/default)
 
-Quantizes with the service's own `QUANTIZE=int8` function (app.classifier.quantize_int8) and
+Quantizes with the service's own `TEXTCLF_QUANTIZE=int8` function (app.engine.hf.quantize_int8) and
 scores both on the folder's own held-out split (the seed in its eval_report.json). Prints one
 JSON line; the "int8" rows in BENCHMARKS.md and README.md come from it.
 """
@@ -18,7 +18,7 @@ from typing import Any
 def measure(model_dir: Path) -> dict[str, Any]:
     import torch
 
-    from app.classifier import quantize_int8
+    from app.engine.hf import quantize_int8
     from model.data import load_split
     from model.evaluate import evaluate_loaded, load_folder
 
@@ -29,7 +29,7 @@ def measure(model_dir: Path) -> dict[str, Any]:
     model, tokenizer = load_folder(model_dir)
     out: dict[str, Any] = {"model": str(model_dir), "n_examples": len(texts)}
     fp32 = evaluate_loaded(model, tokenizer, texts, labels)
-    int8_model = quantize_int8(model, torch.device("cpu"))
+    int8_model = quantize_int8(model)
     int8 = evaluate_loaded(int8_model, tokenizer, texts, labels)
     for name, report in (("fp32", fp32), ("int8", int8)):
         out[name] = {k: report[k] for k in ("accuracy", "macro_f1", "eval_seconds")}
