@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from bench.server import free_port
 from model.fetch import FetchError, check_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _run_fetch(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -58,7 +51,7 @@ def _run_fetch(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     ids=["offline", "unreachable-endpoint"],
 )
 def test_fetch_without_hub_fails_with_one_line(tmp_path: Path, env: dict[str, str]) -> None:
-    env = {k: v.format(port=_free_port()) for k, v in env.items()}
+    env = {k: v.format(port=free_port()) for k, v in env.items()}
     proc = _run_fetch(tmp_path, **env)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()

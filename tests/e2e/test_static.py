@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import httpx
 import pytest
 import yaml
 
+from bench.server import free_port
 from tests.e2e.conftest import REPO_ROOT, require, run
 
 DOCKERFILES = [
@@ -331,7 +331,7 @@ def test_healthcheck_asks_ready_on_the_apps_port() -> None:
     thread = Thread(target=server.serve_forever, daemon=True)
     thread.start()
     port = str(server.server_address[1])
-    closed = str(_free_port())
+    closed = str(free_port())
     base = {k: v for k, v in os.environ.items() if k not in {"PORT", "TEXTCLF_PORT"}}
 
     def healthcheck(**env: str) -> int:
@@ -446,12 +446,6 @@ def test_nginx_config_test_passes(engine: None) -> None:
     assert "syntax is ok" in result.stderr and "test is successful" in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture()
 def containers() -> Iterator[list[str]]:
     names: list[str] = []
@@ -477,7 +471,7 @@ def test_nginx_json_502_and_504(engine: None, containers: list[str]) -> None:
     require(_image_present(NGINX_IMAGE), f"{NGINX_IMAGE} absent")
     require(_image_present(PYTHON_IMAGE), f"{PYTHON_IMAGE} absent")
     # 502: nothing listens where "app" points.
-    port = _free_port()
+    port = free_port()
     name = f"textclf-nginx-502-{uuid.uuid4().hex[:8]}"
     containers.append(name)
     run(
@@ -504,7 +498,7 @@ def test_nginx_json_502_and_504(engine: None, containers: list[str]) -> None:
     assert response.headers["x-request-id"] == "e2e-502"
 
     # 500: the body buffer's tmpfs is full (here: far too small for a 900 KB body).
-    port = _free_port()
+    port = free_port()
     name = f"textclf-nginx-500-{uuid.uuid4().hex[:8]}"
     containers.append(name)
     run(
@@ -529,7 +523,7 @@ def test_nginx_json_502_and_504(engine: None, containers: list[str]) -> None:
 
     # 504: an upstream that accepts and never answers; Nginx gives up after
     # proxy_read_timeout (15 s, longer than the app's own 10 s deadline).
-    port = _free_port()
+    port = free_port()
     silent = f"textclf-silent-{uuid.uuid4().hex[:8]}"
     containers.append(silent)
     server = (
