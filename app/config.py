@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "TEXTCLF_"
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 ForwardPath = Literal["padded", "unpadded", "unpadded_onednn"]
+Access = Literal["open", "key", "off"]
+
+_MIN_KEY_CHARS = 16
+_KEY_CHARS = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what a Bearer header can carry
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?")
 
 
 def _alias(name: str) -> AliasChoices:
@@ -84,8 +97,11 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="how long a busy batcher waits for more texts"
     )
-    max_queue_size: int = Field(
-        256, ge=1, description="texts waiting for the model before new ones get 503"
+    max_queue_tokens: int = Field(
+        65_536,
+        ge=16,
+        description="tokens waiting for the model; above it new work gets 503 (a request "
+        "larger than the whole queue: 413)",
     )
     request_timeout_s: float = Field(
         10.0,
@@ -120,7 +136,38 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_json: bool = Field(False, description="JSON lines instead of plain text logs")
-    docs_enabled: bool = Field(True, description="serve Swagger UI at /docs and /openapi.json")
+    max_connections: int = Field(
+        1024, ge=1, description="open connections; one more is answered 503 and closed"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="time a client has to send a request's headers"
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="time a client has to send a request's body (408 after)"
+    )
+    max_header_bytes: int = Field(
+        16_384, ge=1024, description="size of a request's headers (431 above)"
+    )
+    max_headers: int = Field(
+        100, ge=8, le=1000, description="header fields per request (431 above)"
+    )
+
+    # Access
+    api_keys: SecretStr | None = Field(
+        None,
+        description="comma-separated keys clients send as `Authorization: Bearer <key>` "
+        "(several for rotation); unset with API_KEYS_FILE unset: no keys needed",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="file with one API key per line (a mounted secret); adds to API_KEYS"
+    )
+    metrics_access: Access = Field("open", description="/metrics: open, key or off")
+    docs_access: Access = Field("open", description="/docs and /openapi.json: open, key or off")
+    cors_allow_origins: str = Field(
+        "",
+        description="comma-separated browser origins allowed to call the API "
+        "(exact, e.g. https://app.example.com); empty: CORS off",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -144,16 +191,44 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _check_request_fits_the_queue(self) -> Settings:
-        # A request is admitted whole or not at all: one larger than the queue would get
-        # 503 "retry later" forever.
-        if self.max_items_per_request > self.max_queue_size:
-            raise ValueError(
-                f"TEXTCLF_MAX_ITEMS_PER_REQUEST={self.max_items_per_request} is above "
-                f"TEXTCLF_MAX_QUEUE_SIZE={self.max_queue_size}: such a request could never be "
-                "queued; lower the first or raise the second"
-            )
+    def _check_access(self) -> Settings:
+        keys = self.keys  # reads API_KEYS_FILE: a missing file fails here, at start
+        for name in ("metrics_access", "docs_access"):
+            if getattr(self, name) == "key" and not keys:
+                raise ValueError(
+                    f"{env_name(name)}=key but no key is set; set TEXTCLF_API_KEYS "
+                    "or TEXTCLF_API_KEYS_FILE"
+                )
+        for origin in self.cors_origins:
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    "TEXTCLF_CORS_ALLOW_ORIGINS: each origin is scheme://host[:port] with no "
+                    "path or wildcard, e.g. https://app.example.com"
+                )
         return self
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The accepted API keys (empty: none needed), from API_KEYS and API_KEYS_FILE."""
+        raw = self.api_keys.get_secret_value().split(",") if self.api_keys else []
+        if self.api_keys_file is not None:
+            try:
+                raw += self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ValueError(f"TEXTCLF_API_KEYS_FILE cannot be read: {reason}") from None
+        keys = tuple(dict.fromkeys(key.strip() for key in raw if key.strip()))
+        for key in keys:  # never name the key itself: this line goes to the log
+            if len(key) < _MIN_KEY_CHARS or not _KEY_CHARS.fullmatch(key):
+                raise ValueError(
+                    f"API keys must be at least {_MIN_KEY_CHARS} visible ASCII characters "
+                    "without spaces or commas (e.g. `openssl rand -hex 32`)"
+                )
+        return keys
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        return tuple(o.strip() for o in self.cors_allow_origins.split(",") if o.strip())
 
     @property
     def display_name(self) -> str:

@@ -97,7 +97,7 @@ def create_app(
     """Build the app. `factory` loads the classifier (tests pass a fake); `on_fatal` and
     `on_ready` let `python -m app` stop the server or tune the process."""
     settings = settings or Settings()
-    docs = settings.docs_enabled
+    docs = settings.docs_access != "off"
     app = FastAPI(
         title="Text classification service",
         version=__version__,

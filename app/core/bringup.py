@@ -154,7 +154,7 @@ def build_service(
         max_rows=settings.max_batch_size,
         max_tokens=settings.max_batch_tokens,
         max_wait_s=settings.max_batch_wait_ms / 1000,
-        max_queue=settings.max_queue_size,
+        max_queue=settings.max_queue_tokens,
     )
     batcher = Batcher(classifier, limits, metrics, cost)
     batcher.start()

@@ -22,6 +22,32 @@ class InvalidInput(ServiceError):
     error_type = "validation"
 
 
+class Unauthorized(ServiceError):
+    """No API key, or not one of the configured keys; answered with WWW-Authenticate."""
+
+    status_code = 401
+    error_type = "unauthorized"
+
+
+class TooManyRequests(ServiceError):
+    """This client is refused for a while (repeated failed keys)."""
+
+    status_code = 429
+    error_type = "rate_limited"
+
+
+class RequestTimeout(ServiceError):
+    """The client did not send its headers or body in time."""
+
+    status_code = 408
+    error_type = "request_timeout"
+
+
+class HeadersTooLarge(ServiceError):
+    status_code = 431
+    error_type = "headers_too_large"
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
     error_type = "too_large"

@@ -137,7 +137,7 @@ async def model_info(lifecycle: LifecycleDep, settings: SettingsDep) -> ModelInf
             max_batch_size=settings.max_batch_size,
             max_batch_tokens=settings.max_batch_tokens,
             max_batch_wait_ms=settings.max_batch_wait_ms,
-            max_queue_size=settings.max_queue_size,
+            max_queue_tokens=settings.max_queue_tokens,
             request_timeout_s=settings.request_timeout_s,
             max_items_per_request=settings.max_items_per_request,
             max_text_chars=settings.max_text_chars,

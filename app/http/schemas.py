@@ -144,7 +144,7 @@ class BatchingInfo(BaseModel):
     max_batch_size: int
     max_batch_tokens: int
     max_batch_wait_ms: float
-    max_queue_size: int
+    max_queue_tokens: int
     request_timeout_s: float
     max_items_per_request: int
     max_text_chars: int
@@ -174,6 +174,10 @@ class ModelInfoResponse(BaseModel):
 
 ErrorType = Literal[
     "validation",
+    "unauthorized",
+    "rate_limited",
+    "request_timeout",
+    "headers_too_large",
     "too_large",
     "unsupported_media_type",
     "overloaded",
