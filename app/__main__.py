@@ -12,6 +12,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.config import Settings, describe_error
+from app.core.bringup import ClassifierFactory
 from app.core.lifecycle import Lifecycle
 from app.engine import runtime
 from app.logging_config import configure_logging
@@ -60,7 +61,8 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def main() -> int:
+def main(factory: ClassifierFactory | None = None) -> int:
+    """Serve until stopped; `factory` replaces the model loader (a fake engine, for tests)."""
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -73,7 +75,10 @@ def main() -> int:
 
     servers: list[DrainingServer] = []
     app = create_app(
-        settings, on_fatal=lambda reason: servers[0].fail(reason), on_ready=runtime.freeze_heap
+        settings,
+        **({"factory": factory} if factory is not None else {}),
+        on_fatal=lambda reason: servers[0].fail(reason),
+        on_ready=runtime.freeze_heap,
     )
     config = uvicorn.Config(
         app,

@@ -300,7 +300,7 @@ async def test_openapi_documents_every_status_and_docs_load(api) -> None:
 
 
 async def test_docs_can_be_turned_off(start_app, fake_settings, fake) -> None:
-    api = await start_app(fake_settings(docs_enabled=False), factory=fake.factory)
+    api = await start_app(fake_settings(docs_access="off"), factory=fake.factory)
     _assert_error(await api.client.get("/docs"), 404, "not_found")
     _assert_error(await api.client.get("/openapi.json"), 404, "not_found")
     assert (await api.client.post("/predict", json={"text": "good"})).status_code == 200

@@ -29,7 +29,7 @@ def environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 def test_defaults_are_safe(tiny_model: Path) -> None:
     settings = make_settings(tiny_model)
-    assert settings.max_queue_size > 0
+    assert settings.max_queue_tokens > 0
     assert settings.request_timeout_s < settings.graceful_timeout_s
     assert settings.display_name == tiny_model.name
 
@@ -63,13 +63,33 @@ def test_infinite_or_unbounded_timeouts_are_refused(tiny_model: Path) -> None:
         make_settings(tiny_model, keep_alive_s=10**9)
 
 
-def test_a_request_larger_than_the_queue_is_a_settings_error(tiny_model: Path) -> None:
-    with pytest.raises(ValidationError) as info:
-        make_settings(tiny_model, max_queue_size=16, max_items_per_request=64)
-    line = describe_error(info.value)
-    assert "TEXTCLF_MAX_ITEMS_PER_REQUEST=64" in line and "TEXTCLF_MAX_QUEUE_SIZE=16" in line
-    assert "\n" not in line
-    make_settings(tiny_model, max_queue_size=16, max_items_per_request=16)
+def test_api_keys_come_from_the_list_and_the_file(tiny_model: Path, tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("b" * 20 + "\n\n  " + "c" * 20 + "  \n" + "a" * 16 + "\n")
+    settings = make_settings(
+        tiny_model, api_keys="a" * 16 + ", " + "d" * 32, api_keys_file=keys_file
+    )
+    assert settings.keys == ("a" * 16, "d" * 32, "b" * 20, "c" * 20)  # once each, in order
+    assert "a" * 16 not in repr(settings)  # a SecretStr: never in a log line or traceback
+    assert make_settings(tiny_model).keys == ()
+
+
+def test_bad_access_settings_fail_in_one_line_without_the_key(tiny_model: Path) -> None:
+    cases = {
+        "TEXTCLF_API_KEYS_FILE cannot be read": {"api_keys_file": tiny_model / "absent"},
+        "at least 16 visible ASCII": {"api_keys": "short-secret-1"},
+        "TEXTCLF_DOCS_ACCESS=key but no key": {"docs_access": "key"},
+        "TEXTCLF_METRICS_ACCESS=key but no key": {"metrics_access": "key"},
+        "scheme://host[:port]": {"cors_allow_origins": "https://ok.example, *"},
+    }
+    for expected, values in cases.items():
+        with pytest.raises(ValidationError) as info:
+            make_settings(tiny_model, **values)
+        line = describe_error(info.value)
+        assert expected in line and "\n" not in line, line
+        assert "short-secret-1" not in line
+    settings = make_settings(tiny_model, cors_allow_origins="https://a.example, http://b:8080")
+    assert settings.cors_origins == ("https://a.example", "http://b:8080")
 
 
 def test_environment_variables_are_read(tiny_model: Path, environ) -> None:

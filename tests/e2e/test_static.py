@@ -113,6 +113,8 @@ REMOVED_SETTINGS = (
     "SCRIPTED",
     "ALONE_PASS_THREADS",
     "GIL_SWITCH_INTERVAL_MS",
+    "MAX_QUEUE_SIZE",
+    "DOCS_ENABLED",
 )
 # What docker-compose.ci.yml / deploy/ci/e2e.sh interpolate besides .env.example's names.
 CI_ONLY_VARIABLES = {"WHEELHOUSE_PORT", "VCS_REF"}
