@@ -10,7 +10,7 @@ MODEL_DIR ?= model/default
 PORT ?= 8000
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv venv-dev model run test test-quick lint format e2e bench bench-quick bench-tools clean
+.PHONY: help venv venv-dev model run test test-quick lint format e2e bench bench-quick bench-tools reliability clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -70,6 +70,10 @@ bench: venv-dev model bench-tools ## ceiling + c=1,8,32,64 sweep, 3 repeats (~5 
 
 bench-quick: venv-dev model bench-tools ## a one-minute smoke run of the benchmark (not for claims)
 	MODEL_PATH=$(MODEL_DIR) $(PY) -m bench run --quick
+
+# Through Nginx instead: deploy/reliability/stack.sh up, then --url/--pid (RELIABILITY.md).
+reliability: venv-dev model ## open-loop load: R, overload 4R, burst 10R, 10-min soak (~20 min; RELIABILITY.md)
+	MODEL_PATH=$(MODEL_DIR) $(PY) -m bench reliability all --out bench/results/raw
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

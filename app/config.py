@@ -182,7 +182,11 @@ class Settings(BaseSettings):
                 f"MODEL_PATH={path} is not a folder; build the default model with "
                 "`make model` or point TEXTCLF_MODEL_PATH at a save_pretrained folder"
             )
-        if not (path / "config.json").is_file():
+        try:
+            has_config = (path / "config.json").is_file()
+        except OSError as exc:  # a folder the server's user may not enter
+            raise ValueError(f"MODEL_PATH={path} cannot be read: {exc.strerror}") from None
+        if not has_config:
             raise ValueError(
                 f"MODEL_PATH={path} has no config.json; it must be a save_pretrained folder"
             )

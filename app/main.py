@@ -15,10 +15,12 @@ from app.config import Settings
 from app.core.bringup import ClassifierFactory, build_service, in_daemon_thread, prepare
 from app.core.lifecycle import Lifecycle
 from app.engine.base import ModelLoadError
+from app.http.docs import install_docs
 from app.http.handlers import install_error_handlers
 from app.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from app.http.routes import predict_router, router
+from app.http.routes import metrics_router, model_router, predict_router, router
 from app.http.schemas import PredictRequest
+from app.http.security import CORSPolicy, KeyCheck, protected
 from app.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -97,15 +99,16 @@ def create_app(
     """Build the app. `factory` loads the classifier (tests pass a fake); `on_fatal` and
     `on_ready` let `python -m app` stop the server or tune the process."""
     settings = settings or Settings()
-    docs = settings.docs_access != "off"
+    keys = settings.keys  # read once: API_KEYS_FILE is read again only at the next start
     app = FastAPI(
         title="Text classification service",
         version=__version__,
         description=_DESCRIPTION,
         lifespan=_lifespan(factory),
-        docs_url="/docs" if docs else None,
+        docs_url=None,  # docs.py serves them, from the image
         redoc_url=None,
-        openapi_url="/openapi.json" if docs else None,
+        openapi_url=None,
+        redirect_slashes=False,  # its redirects would be built from the client's Host header
     )
     metrics = Metrics()
     lifecycle = Lifecycle(on_fatal=on_fatal, on_ready=on_ready)
@@ -114,18 +117,31 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.lifecycle = lifecycle
-    app.include_router(predict_router)
-    app.include_router(router)
+    app.state.key_check = KeyCheck(keys)
+    app.state.content_type_required = bool(keys or settings.cors_origins)
+    # /predict checks the key itself, before its body is read (PredictRoute).
+    access = [
+        (predict_router, protected(checked_by_route=True) if keys else {}),
+        (router, {}),
+        (model_router, protected() if keys else {}),
+    ]
+    if settings.metrics_access != "off":
+        access.append((metrics_router, protected() if settings.metrics_access == "key" else {}))
+    for included, options in access:
+        app.include_router(included, **options)
+    install_docs(app, settings)
     app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSPolicy, origins=settings.cors_origins)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,
         # The included routers' own routes: FastAPI lists an included router as one entry.
         known_paths=frozenset(
             getattr(route, "path", "")
-            for routes in (app.routes, predict_router.routes, router.routes)
+            for routes in (app.routes, *(included.routes for included, _ in access))
             for route in routes
         ),
     )

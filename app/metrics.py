@@ -58,6 +58,10 @@ class Metrics:
             f"{PREFIX}_requests_in_flight", "/predict requests being served", registry=r
         )
         self.queue_depth = Gauge(f"{PREFIX}_queue_depth", "Texts waiting for the model", registry=r)
+        self.queue_tokens = Gauge(
+            f"{PREFIX}_queue_tokens", "Tokens waiting for the model (what admission bounds)",
+            registry=r,
+        )  # fmt: skip
         self.input_tokens = Histogram(
             f"{PREFIX}_input_tokens", "Tokens per text before truncation",
             buckets=_TOKEN_BUCKETS, registry=r,

@@ -1,4 +1,4 @@
-"""Command line: `python -m bench {run,ab,corpus}` (see BENCHMARKS.md)."""
+"""Command line: `python -m bench {run,ab,corpus,reliability}` (BENCHMARKS.md, RELIABILITY.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.corpus import DEFAULT_SEED, DEFAULT_SIZE, build_corpus, describe, write_bodies
+from bench.reliability import add_parser as add_reliability
+from bench.reliability import cmd_reliability
 from bench.server import ROOT
 
 RESULTS = ROOT / "bench" / "results"
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--size", type=int, default=DEFAULT_SIZE)
     corpus.add_argument("--seed", type=int, default=DEFAULT_SEED)
     corpus.add_argument("--bodies", type=Path, help="write one /predict JSON body per line")
+    add_reliability(sub, model)
     return p
 
 
@@ -141,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     command = "python -m bench " + " ".join(shlex.quote(a) for a in argv)
     started = time.monotonic()
-    code = cmd_run(args, command) if args.command == "run" else cmd_ab(args, command)
+    if args.command == "reliability":
+        code = cmd_reliability(args, env_pairs(args.env), command)
+    else:
+        code = cmd_run(args, command) if args.command == "run" else cmd_ab(args, command)
     print(f"done in {time.monotonic() - started:.0f} s")
     return code

@@ -106,3 +106,17 @@ class FakeClassifier:
 
 def fake_factory(fake: FakeClassifier) -> Callable[[Settings], Any]:
     return fake.factory
+
+
+class LeakingFakeClassifier(FakeClassifier):
+    """Keeps `leak_kb` KiB of written (so resident) memory per text it scores, forever: the
+    negative control that the soak scenario's memory check must catch."""
+
+    def __init__(self, leak_kb: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.leak_bytes = leak_kb * 1024
+        self.kept: list[bytes] = []
+
+    def forward(self, rows: Sequence[Sequence[int]], width: int) -> FloatArray:
+        self.kept.extend(b"\x01" * self.leak_bytes for _ in rows)
+        return super().forward(rows, width)

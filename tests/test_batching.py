@@ -94,11 +94,12 @@ async def test_idle_service_runs_a_lone_request_at_once(start_app, fake_settings
 async def test_full_queue_answers_503_with_retry_after(start_app, fake_settings, fake) -> None:
     fake.gate = threading.Event()  # the first pass holds the only thread
     api = await start_app(
-        fake_settings(max_queue_size=4, max_items_per_request=4, max_batch_size=2),
+        # "a" is three tokens (with [CLS] and [SEP]): sixteen tokens queue five of them.
+        fake_settings(max_queue_tokens=16, max_items_per_request=4, max_batch_size=2),
         factory=fake.factory,
     )
     batcher = api.app.state.lifecycle.service.batcher
-    tasks = [asyncio.create_task(_post(api.client, "good")) for _ in range(20)]
+    tasks = [asyncio.create_task(_post(api.client, "a")) for _ in range(20)]
     # Every request is accounted for: in the held pass, queued, or already answered.
     await until(
         lambda: (
@@ -106,8 +107,10 @@ async def test_full_queue_answers_503_with_retry_after(start_app, fake_settings,
             and sum(t.done() for t in tasks) == 20 - batcher.queued - fake.batches[0][0]
         )
     )
+    assert batcher.queued == 5 and batcher.queued_tokens == 15
+    assert api.metric("textclf_queue_tokens") == 15 and api.metric("textclf_queue_depth") == 5
     refused = [t.result() for t in tasks if t.done()]
-    assert len(refused) >= 20 - 4 - 2
+    assert len(refused) == 20 - 5 - fake.batches[0][0]
     for response in refused:
         assert response.status_code == 503 and response.json()["error_type"] == "overloaded"
         assert 1 <= int(response.headers["retry-after"]) <= 60
@@ -118,27 +121,27 @@ async def test_full_queue_answers_503_with_retry_after(start_app, fake_settings,
     assert api.metric("textclf_rejections_total", {"reason": "queue_full"}) == len(refused)
 
 
-async def test_a_batch_request_counts_every_text_against_the_queue(
+async def test_a_batch_request_counts_every_token_against_the_queue(
     start_app, fake_settings, fake
 ) -> None:
     fake.gate = threading.Event()
     api = await start_app(
-        fake_settings(max_queue_size=4, max_items_per_request=4), factory=fake.factory
+        fake_settings(max_queue_tokens=16, max_items_per_request=5), factory=fake.factory
     )
     batcher = api.app.state.lifecycle.service.batcher
-    running = asyncio.create_task(_post(api.client, "good"))
+    running = asyncio.create_task(_post(api.client, "a"))
     await until(lambda: len(fake.batches) == 1)  # taken by the thread, held at the gate
-    queued = asyncio.create_task(_post(api.client, "bad"))
-    await until(lambda: batcher.queued == 1)
-    # One text queued: four more would make five, over the limit of four.
-    response = await api.client.post("/predict", json={"texts": ["good"] * 4})
+    queued = asyncio.create_task(_post(api.client, "b"))
+    await until(lambda: batcher.queued_tokens == 3)
+    # Three tokens queued: five more texts of three would make eighteen, over sixteen.
+    response = await api.client.post("/predict", json={"texts": ["a"] * 5})
     assert response.status_code == 503 and response.json()["error_type"] == "overloaded"
-    three = asyncio.create_task(api.client.post("/predict", json={"texts": ["good"] * 3}))
-    await until(lambda: batcher.queued == 4)  # three more fit exactly
+    four = asyncio.create_task(api.client.post("/predict", json={"texts": ["a"] * 4}))
+    await until(lambda: batcher.queued_tokens == 15)  # four more fit
     fake.gate.set()
     assert (await running).status_code == 200 and (await queued).status_code == 200
-    assert (await three).status_code == 200
-    assert (await api.client.post("/predict", json={"texts": ["good"] * 4})).status_code == 200
+    assert (await four).status_code == 200
+    assert (await api.client.post("/predict", json={"texts": ["a"] * 5})).status_code == 200
 
 
 async def test_missed_deadline_is_504_and_the_work_is_dropped(

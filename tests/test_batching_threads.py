@@ -29,8 +29,14 @@ from tests.fakes import FakeClassifier
 pytestmark = pytest.mark.anyio
 
 
-def _limits(max_wait_s: float = 0.0) -> BatchLimits:
-    return BatchLimits(max_rows=8, max_tokens=10_000, max_wait_s=max_wait_s, max_queue=100)
+def _limits(max_wait_s: float = 0.0, timeout_s: float = 10.0) -> BatchLimits:
+    return BatchLimits(
+        max_rows=8,
+        max_tokens=10_000,
+        max_wait_s=max_wait_s,
+        max_queue_tokens=100_000,
+        timeout_s=timeout_s,
+    )
 
 
 class _Activations:
@@ -183,31 +189,36 @@ async def test_a_model_returning_the_wrong_number_of_rows_fails_its_batch_at_onc
         await batcher.stop()
 
 
-async def test_retry_after_counts_the_queued_tokens_not_the_texts() -> None:
-    """Recent passes ran short texts (100 tokens each); eight 500-token texts queued take
-    five times as long as eight short ones, which a texts-per-second rate would promise."""
-    fake = FakeClassifier(max_length=512, pass_seconds=0.2)
+async def test_retry_after_is_the_time_the_work_ahead_needs_beyond_the_deadline() -> None:
+    """The cost model prices tokens, recent passes scale it, and what runs or waits ahead
+    counts: Retry-After is when the work would fit in 70 % of the 4 s deadline (2.8 s)."""
+    fake = FakeClassifier(max_length=512, pass_seconds=0.41)
     metrics = Metrics()
-    batcher = Batcher(fake, _limits(), metrics, CostModel())
-    assert batcher.retry_after(3) == 3  # nothing measured yet: one text a second
+    cost = CostModel(per_batch_s=0.01, per_token_s=0.001)  # one pass of 8 rows at most
+    batcher = Batcher(fake, _limits(timeout_s=4.0), metrics, cost)
+    # Nothing measured yet: the model alone. 8 x 500 tokens: 0.01 + 4 s.
+    assert batcher.retry_after([500] * 8) == math.ceil(4.01 - 2.8) == 2
+    assert batcher.retry_after([100] * 8) == 1  # 0.81 s fits already
     batcher.start()
     fake.gate = threading.Event()
     fake.gate.set()
     held = queued = None
     try:
         await asyncio.wait_for(batcher.submit([[1] * 100] * 4), 5)
-        assert fake.batches == [(4, 100)]
         seconds = metrics.registry.get_sample_value("textclf_inference_seconds_sum")
-        assert seconds is not None and seconds >= 0.2
-        rate = 400 / seconds  # tokens per second of the one worker
+        assert seconds is not None and seconds >= 0.41
+        slowdown = seconds / (0.01 + 0.4)  # measured over the model's 0.41 s for that pass
+        assert batcher.retry_after([500] * 8) == math.ceil(4.01 * slowdown - 2.8)
         fake.pass_seconds = 0
         fake.gate.clear()
-        held = asyncio.ensure_future(batcher.submit([[1]]))
+        held = asyncio.ensure_future(batcher.submit([[1] * 10]))
         await until(lambda: len(fake.batches) == 2)
-        queued = asyncio.ensure_future(batcher.submit([[1] * 500] * 8))
-        await until(lambda: batcher.queued == 8)
-        assert batcher.retry_after() == math.ceil(8 * 500 / rate) >= 2
-        assert batcher.retry_after(4) == math.ceil((8 * 500 + 4 * 100) / rate)
+        queued = asyncio.ensure_future(batcher.submit([[1] * 500] * 4))
+        await until(lambda: batcher.queued == 4)
+        assert batcher.queued_tokens == 2000
+        # The held pass, the queue and four more texts: 9 rows, two passes.
+        ahead = 2 * 0.01 + 0.001 * (10 + 2000 + 2000)
+        assert batcher.retry_after([500] * 4) == math.ceil(ahead * slowdown - 2.8) >= 2
     finally:
         fake.gate.set()
         for waiting in (held, queued):

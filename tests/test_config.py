@@ -75,7 +75,7 @@ def test_api_keys_come_from_the_list_and_the_file(tiny_model: Path, tmp_path: Pa
 
 
 def test_bad_access_settings_fail_in_one_line_without_the_key(tiny_model: Path) -> None:
-    cases = {
+    cases: dict[str, dict[str, object]] = {
         "TEXTCLF_API_KEYS_FILE cannot be read": {"api_keys_file": tiny_model / "absent"},
         "at least 16 visible ASCII": {"api_keys": "short-secret-1"},
         "TEXTCLF_DOCS_ACCESS=key but no key": {"docs_access": "key"},

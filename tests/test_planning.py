@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from app.core import bringup
-from app.core.planning import CostModel, oldest_first, padded_width, plan_batches
+from app.core.planning import CostModel, Work, oldest_first, padded_width, plan_batches
 from tests.conftest import make_settings
 from tests.fakes import FakeClassifier
 
@@ -107,9 +107,10 @@ def test_padding_free_batches_take_the_oldest_texts_up_to_the_limits() -> None:
 class _Clock:
     """perf_counter for app.core.bringup: per thread, moved on only by the fake's passes."""
 
-    def __init__(self, per_batch_s: float, per_token_s: float) -> None:
+    def __init__(self, per_batch_s: float, per_token_s: float, per_square_s: float = 0) -> None:
         self.per_batch_s = per_batch_s
         self.per_token_s = per_token_s
+        self.per_square_s = per_square_s  # attention: per token and token of its row
         self._local = threading.local()
 
     def perf_counter(self) -> float:
@@ -117,14 +118,24 @@ class _Clock:
 
     def on_pass(self, rows: Sequence[Sequence[int]]) -> None:
         width = max(map(len, rows))  # warm-up passes are full rows of filler
-        cost = self.per_batch_s + self.per_token_s * len(rows) * width
-        self._local.now = self.perf_counter() + cost
+        self._local.now = self.perf_counter() + self.seconds(len(rows), width)
+
+    def seconds(self, rows: int, width: int) -> float:
+        return (
+            self.per_batch_s
+            + self.per_token_s * rows * width
+            + self.per_square_s * rows * width * width
+        )
 
 
 def _warm_up(
-    monkeypatch: pytest.MonkeyPatch, tiny_model: Path, fake: FakeClassifier, **overrides: int
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_model: Path,
+    fake: FakeClassifier,
+    clock: _Clock | None = None,
+    **overrides: int,
 ) -> CostModel:
-    clock = _Clock(per_batch_s=0.001, per_token_s=0.0001)
+    clock = clock or _Clock(per_batch_s=0.001, per_token_s=0.0001)
     monkeypatch.setattr(bringup, "time", SimpleNamespace(perf_counter=clock.perf_counter))
     barrier = threading.Barrier(fake.workers, timeout=30)
 
@@ -136,17 +147,44 @@ def _warm_up(
     return bringup.warm_up(fake, make_settings(tiny_model, **overrides))
 
 
-def test_warm_up_fits_the_padded_planner_on_every_worker_at_once(
-    monkeypatch: pytest.MonkeyPatch, tiny_model: Path
+_SHAPES = [(1, 8), (1, 32), (2, 16), (4, 32), (8, 32), (16, 48)]
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_warm_up_fits_the_cost_model_on_every_worker_at_once(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path, padding_free: bool
 ) -> None:
-    """Passes are timed as they run when serving: on all inference workers together."""
-    fake = FakeClassifier(padding_free=False, workers=3)
+    """Passes are timed as they run when serving: on all inference workers together. The
+    padded planner needs the fit, admission too (padding-free or not)."""
+    fake = FakeClassifier(padding_free=padding_free, workers=3)
     cost = _warm_up(monkeypatch, tiny_model, fake)
     assert cost.per_batch_s == pytest.approx(0.001)
     assert cost.per_token_s == pytest.approx(0.0001)
-    shapes = [(1, 8), (1, 32), (2, 16), (4, 32), (8, 32), (16, 48)]
-    # Per shape and worker: one warm-up pass, then the fastest of three timed ones.
-    assert fake.batches == [shape for shape in shapes for _ in range(3 * 4)]
+    assert cost.per_token_squared_s == pytest.approx(0, abs=1e-12)  # this clock has none
+    # Per shape and worker: one warm-up pass, then the fastest of three timed ones; then a
+    # text at the model's limit (64 tokens), the fastest of two.
+    longest = [(1, 64)] * (3 * 3)
+    assert fake.batches == [shape for shape in _SHAPES for _ in range(3 * 4)] + longest
+
+
+def test_warm_up_prices_attention_at_the_model_limit(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path
+) -> None:
+    """Short calibration passes barely show attention's cost; the pass at the limit gives it,
+    so admission's estimate of the longest text is the real time, not a linear guess."""
+    clock = _Clock(per_batch_s=0.001, per_token_s=0.0001, per_square_s=2e-6)
+    fake = FakeClassifier(workers=2, max_length=256)
+    cost = _warm_up(monkeypatch, tiny_model, fake, clock)
+    assert cost.per_token_squared_s > 0
+    limits = {"workers": 1, "max_rows": 32, "max_tokens": 8192}
+    longest = cost.seconds_for(Work.of([256]), **limits)
+    assert longest == pytest.approx(clock.seconds(1, 256))
+    assert longest > 1.5 * CostModel.fit(
+        [(1, 8, clock.seconds(1, 8)), (16, 48, clock.seconds(16, 48))]
+    ).cost(1, 256)
+    # A shorter text is priced in between, never below the linear fit's guess.
+    middle = cost.seconds_for(Work.of([128]), **limits)
+    assert cost.cost(1, 128) < middle < 1.2 * clock.seconds(1, 128)
 
 
 def test_warm_up_keeps_to_the_batch_limits(
@@ -155,11 +193,22 @@ def test_warm_up_keeps_to_the_batch_limits(
     fake = FakeClassifier(padding_free=False, max_length=24)
     _warm_up(monkeypatch, tiny_model, fake, max_batch_size=4, max_batch_tokens=64)
     # Rows cut to 4 and widths to 24 tokens; (4, 24) would pass 64 tokens and is left out.
-    assert fake.batches == [shape for shape in [(1, 8), (1, 24), (2, 16)] for _ in range(4)]
+    shapes = [(1, 8), (1, 24), (2, 16)]
+    assert fake.batches == [shape for shape in shapes for _ in range(4)] + [(1, 24)] * 3
 
 
-def test_padding_free_warm_up_only_warms(monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> None:
-    fake = FakeClassifier(padding_free=True, workers=2)
-    assert _warm_up(monkeypatch, tiny_model, fake) == CostModel()  # the planner is not used
-    shapes = [(1, 8), (1, 32), (2, 16), (4, 32), (8, 32), (16, 48)]
-    assert fake.batches == [shape for shape in shapes for _ in range(2)]  # one pass per worker
+def test_admission_estimate_shares_passes_between_idle_workers() -> None:
+    cost = CostModel(per_batch_s=0.01, per_token_s=0.001, per_token_squared_s=1e-6)
+    limits = {"max_rows": 4, "max_tokens": 1000}
+    assert cost.seconds_for(Work(), workers=2, **limits) == 0
+    one = cost.seconds_for(Work.of([100]), workers=2, **limits)
+    assert one == pytest.approx(0.01 + 0.1 + 0.01)  # one text runs on one thread
+    # Eight texts of 100: two passes of four, one per thread, side by side.
+    assert cost.seconds_for(Work.of([100] * 8), workers=2, **limits) == pytest.approx(
+        0.01 + (0.8 + 0.08) / 2
+    )
+    # 3000 tokens make at least three passes of 1000: two rounds on two threads.
+    assert cost.seconds_for(Work.of([500] * 6), workers=2, **limits) == pytest.approx(
+        2 * 0.01 + (3 + 1.5) / 2
+    )
+    assert Work.of([3, 4]) + Work.of([5]) - Work.of([4]) == Work.of([3, 5])

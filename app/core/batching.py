@@ -7,12 +7,12 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from app.core.errors import Draining, InferenceFailed, Overloaded, ResourceExhausted
-from app.core.passes import TokenRate, batch_width, forward_splitting
-from app.core.planning import CostModel, oldest_first, plan_batches
+from app.core.errors import Draining, InferenceFailed, ResourceExhausted
+from app.core.passes import Admission, TokenRate, batch_width, forward_splitting
+from app.core.planning import CostModel, Work, oldest_first, plan_batches
 from app.engine.base import Classifier, FloatArray
 from app.metrics import Metrics
 
@@ -26,14 +26,20 @@ class BatchLimits:
     max_rows: int
     max_tokens: int
     max_wait_s: float
-    max_queue: int
+    max_queue_tokens: int
+    timeout_s: float  # the request deadline: what admission must fit work into
 
 
 @dataclass(eq=False)
 class _Item:
     ids: list[int]
     future: asyncio.Future[FloatArray]
+    deadline: float  # perf_counter time after which running it is wasted
     enqueued: float = field(default_factory=time.perf_counter)
+
+
+def _runnable(now: float) -> Callable[[_Item], bool]:
+    return lambda item: item.deadline > now and not item.future.done()
 
 
 @dataclass
@@ -50,11 +56,11 @@ class _Outcome:
 
 
 class Batcher:
-    """A bounded queue of texts and the inference threads that drain it.
+    """A queue bounded in tokens and in time, and the inference threads that drain it.
 
-    Admission counts texts, so a full queue answers 503 at once instead of letting latency
-    grow. Each thread takes its own next batch the moment its pass ends (dispatching from the
-    event loop left threads idle behind the loop's other work)."""
+    Work is admitted only if it can end within its deadline: overload gets 503 at once, not
+    504 later. Each thread takes its own next batch the moment its pass ends (dispatching
+    from the event loop left threads idle behind the loop's other work)."""
 
     def __init__(
         self, model: Classifier, limits: BatchLimits, metrics: Metrics, cost: CostModel
@@ -65,18 +71,28 @@ class Batcher:
         self._cost = cost
         self._work = threading.Condition()  # guards the fields below; threads wait on it
         self._pending: list[_Item] = []
+        self._queued = Work()  # what `_pending` holds
+        self._running = Work()  # what the threads' passes hold now
         self._closed = False
         self._busy = 0
         self._last_rows = 0
         self._last_end = 0.0
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._rate = TokenRate()
+        self._rate = TokenRate(
+            cost, workers=model.workers, max_rows=limits.max_rows, max_tokens=limits.max_tokens
+        )
+        self._admission = Admission(self._rate, metrics, limits.max_queue_tokens, limits.timeout_s)
         metrics.queue_depth.set_function(lambda: len(self._pending))
+        metrics.queue_tokens.set_function(lambda: self._queued.tokens)
 
     @property
     def queued(self) -> int:
         return len(self._pending)
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued.tokens
 
     @property
     def alive(self) -> bool:
@@ -94,44 +110,61 @@ class Batcher:
         with self._work:
             self._closed = True
             pending, self._pending = self._pending, []
+            self._queued = Work()
             self._work.notify_all()
         for item in pending:
             if not item.future.done():
                 item.future.set_exception(Draining("the service is shutting down", retry_after=1))
 
-    def retry_after(self, extra: int = 0) -> int:
-        """Seconds until the queue, plus `extra` texts, should have run (1 to 60)."""
-        queued = [len(item.ids) for item in self._pending]
-        return self._rate.seconds_for(queued, extra)
+    def retry_after(self, lengths: Sequence[int] = ()) -> int:
+        """Seconds until the work ahead, plus texts of these token counts, would fit within
+        a whole deadline (1 to 60)."""
+        return self._admission.retry_after(self._queued + self._running + Work.of(lengths))
 
-    def check_capacity(self, count: int) -> None:
+    def check_capacity(
+        self, lengths: Sequence[int], deadline: float | None = None, *, exact: bool = True
+    ) -> None:
+        """Refuse work that cannot end in time (core/passes.py Admission). `lengths` are token
+        counts; `exact=False`: upper bounds taken before tokenizing."""
         if self._closed:
             raise Draining("the service is shutting down", retry_after=1)
-        if self.queued + count > self._limits.max_queue:
-            with self._work:
-                self._pending = [item for item in self._pending if not item.future.done()]
-        if self.queued + count > self._limits.max_queue:
-            self._metrics.rejections.labels("queue_full").inc(count)
-            raise Overloaded(
-                f"the queue is full ({self.queued} texts waiting, limit "
-                f"{self._limits.max_queue}); retry later",
-                retry_after=self.retry_after(count),
-            )
+        left = (deadline if deadline is not None else self._deadline()) - time.perf_counter()
+        self._admission.check(Work.of(lengths), self._queued, self._running, left, exact=exact)
 
-    async def submit(self, rows: Sequence[list[int]]) -> list[FloatArray]:
-        """Queue token rows and wait for their scores, in order. Cancel to withdraw them."""
-        self.check_capacity(len(rows))
+    def _deadline(self) -> float:
+        return time.perf_counter() + self._limits.timeout_s
+
+    async def submit(
+        self, rows: Sequence[list[int]], deadline: float | None = None
+    ) -> list[FloatArray]:
+        """Queue token rows and wait for their scores, in order, by `deadline` (perf_counter
+        time; default one request timeout from now). Cancel to withdraw them."""
+        deadline = deadline if deadline is not None else self._deadline()
+        self.check_capacity([len(row) for row in rows], deadline)
         loop = asyncio.get_running_loop()
-        items = [_Item(ids=row, future=loop.create_future()) for row in rows]
+        items = [_Item(ids=row, future=loop.create_future(), deadline=deadline) for row in rows]
         with self._work:
             self._pending.extend(items)
+            self._queued += Work.of(len(row) for row in rows)
             self._work.notify_all()
         try:
             return list(await asyncio.gather(*(item.future for item in items)))
         finally:
-            for item in items:
-                if not item.future.done():
-                    item.future.cancel()
+            # gather cancels the futures when the request is cancelled: those go too
+            withdrawn = [i for i in items if not i.future.done() or i.future.cancelled()]
+            for item in withdrawn:
+                item.future.cancel()
+            if withdrawn:  # out of the queue now, not when a thread looks
+                gone = set(map(id, withdrawn))
+                with self._work:
+                    self._keep_pending(lambda item: id(item) not in gone)
+
+    def _keep_pending(self, keep: Callable[[_Item], bool]) -> None:
+        """Holding the condition: drop the queued texts `keep` refuses, and recount."""
+        kept = [item for item in self._pending if keep(item)]
+        if len(kept) != len(self._pending):
+            self._pending = kept
+            self._queued = Work.of(len(item.ids) for item in kept)
 
     # ---- inference threads ---------------------------------------------------------------
 
@@ -145,6 +178,7 @@ class Batcher:
                     outcome = self._forward_batch(batch)
                 finally:
                     with self._work:
+                        self._running -= Work.of(len(item.ids) for item in batch)
                         self._busy -= 1
                         self._last_rows = len(batch)
                         self._last_end = time.perf_counter()
@@ -161,7 +195,7 @@ class Batcher:
             while True:
                 if self._closed:
                     return None
-                self._pending = [item for item in self._pending if not item.future.done()]
+                self._keep_pending(_runnable(time.perf_counter()))  # none past its deadline
                 if self._pending and not waited:
                     break
                 if self._pending:
@@ -176,7 +210,10 @@ class Batcher:
             rows = min(self._limits.max_rows, -(-len(self._pending) // idle))
             batch = self._plan(self._pending[: self._limits.max_rows * 2], rows)
             chosen = set(map(id, batch))
+            taken = Work.of(len(item.ids) for item in batch)
             self._pending = [item for item in self._pending if id(item) not in chosen]
+            self._queued -= taken
+            self._running += taken
             self._busy += 1
             if self._pending:
                 self._work.notify_all()
@@ -213,7 +250,8 @@ class Batcher:
 
     def _forward_batch(self, items: list[_Item]) -> _Outcome:
         """A model bug fails its batch, never the thread."""
-        live = [item for item in items if not item.future.done()]
+        now = time.perf_counter()
+        live = [item for item in items if item.deadline > now and not item.future.done()]
         if not live:
             return _Outcome(items=[], scores=[])
         rows = [item.ids for item in live]
@@ -229,7 +267,7 @@ class Batcher:
         """Back on the event loop: hand each text its scores or its error."""
         if outcome.error is not None:
             logger.error("inference failed", exc_info=outcome.error)
-        real = count = 0
+        count = 0
         for item, score in zip(outcome.items, outcome.scores, strict=True):
             if item.future.done():
                 continue
@@ -243,19 +281,20 @@ class Batcher:
                 )
             else:
                 item.future.set_result(score)
-                real += len(item.ids)
                 count += 1
                 self._metrics.queue_wait.observe(max(0.0, outcome.started - item.enqueued))
         if count:
-            self._record_batch(count, outcome.width, real, outcome.seconds)
+            self._record_batch([len(item.ids) for item in outcome.items], outcome)
         if outcome.out_of_memory:
             logger.warning("device out of memory: batch split and retried")
 
-    def _record_batch(self, rows: int, width: int, real_tokens: int, seconds: float) -> None:
-        padded = real_tokens if self._model.padding_free else rows * width
+    def _record_batch(self, lengths: list[int], outcome: _Outcome) -> None:
+        """Every text of the pass, answered or withdrawn meanwhile: all of them took its time."""
+        real = sum(lengths)
+        padded = real if self._model.padding_free else len(lengths) * outcome.width
         m = self._metrics
-        m.batch_size.observe(rows)
+        m.batch_size.observe(len(lengths))
         m.batch_tokens.observe(padded)
-        m.padding_efficiency.observe(real_tokens / padded if padded else 1.0)
-        m.inference.observe(seconds)
-        self._rate.observe(real_tokens, rows, seconds, self._model.workers)
+        m.padding_efficiency.observe(real / padded if padded else 1.0)
+        m.inference.observe(outcome.seconds)
+        self._rate.observe(lengths, outcome.seconds)

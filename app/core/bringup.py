@@ -1,4 +1,4 @@
-"""Bring the model up: load, warm up (and calibrate the padded planner), self-test, start."""
+"""Bring the model up: load, warm up (and fit the cost model), self-test, start."""
 
 from __future__ import annotations
 
@@ -66,30 +66,33 @@ def _timed_pass(classifier: Classifier, rows: int, width: int) -> float:
 
 
 def warm_up(classifier: Classifier, settings: Settings) -> CostModel:
-    """Warm the kernels up on every worker at once, as passes run when serving. The padded
-    forward also fits the planner's cost model to these passes (the fastest of three each:
-    interference only adds time); padding-free batches need none."""
+    """Warm the kernels up on every worker at once, as passes run when serving, and fit the
+    cost model to these passes (the fastest of three each: interference only adds time): the
+    padded planner's per-pass and per-token prices, then attention's price from a text at the
+    model's limit, which admission needs to tell how long long texts take."""
     workers = max(1, classifier.workers)
     samples: list[tuple[int, int, float]] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="warm-up") as pool:
-        for rows, width in _shapes(classifier, settings):
 
-            def timed(_: int, rows: int = rows, width: int = width) -> float:
+        def median_pass(rows: int, width: int, repeats: int) -> float:
+            def timed(_: int) -> float:
                 _timed_pass(classifier, rows, width)
-                if classifier.padding_free:
-                    return 0.0
-                return min(_timed_pass(classifier, rows, width) for _ in range(3))
+                return min(_timed_pass(classifier, rows, width) for _ in range(repeats))
 
             times = sorted(pool.map(timed, range(workers)))
-            samples.append((rows, width, times[len(times) // 2]))
-    if classifier.padding_free:
-        return CostModel()
-    cost = CostModel.fit(samples)
+            return times[len(times) // 2]
+
+        for rows, width in _shapes(classifier, settings):
+            samples.append((rows, width, median_pass(rows, width, 3)))
+        longest = classifier.info.max_length
+        cost = CostModel.fit(samples).with_long_text(longest, median_pass(1, longest, 2))
     logger.info(
-        "batching cost model (%d concurrent workers): %.2f ms per pass + %.4f ms per padded token",
+        "cost model (%d concurrent workers): %.2f ms per pass + %.4f ms per token "
+        "+ %.2f ns per token squared",
         workers,
         cost.per_batch_s * 1000,
         cost.per_token_s * 1000,
+        cost.per_token_squared_s * 1e9,
     )
     return cost
 
@@ -154,7 +157,8 @@ def build_service(
         max_rows=settings.max_batch_size,
         max_tokens=settings.max_batch_tokens,
         max_wait_s=settings.max_batch_wait_ms / 1000,
-        max_queue=settings.max_queue_tokens,
+        max_queue_tokens=settings.max_queue_tokens,
+        timeout_s=settings.request_timeout_s,
     )
     batcher = Batcher(classifier, limits, metrics, cost)
     batcher.start()

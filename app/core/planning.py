@@ -9,8 +9,8 @@ program says it is cheapest gets both right, within the row and token limits.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -18,14 +18,57 @@ _MIN_PASS_SHARE = 0.25
 
 
 @dataclass(frozen=True)
+class Work:
+    """Texts as the time estimates count them: how many, their tokens, and the sum of each
+    text's tokens squared (attention's share of a text grows with its length)."""
+
+    texts: int = 0
+    tokens: int = 0
+    squares: int = 0
+
+    @classmethod
+    def of(cls, lengths: Iterable[int]) -> Work:
+        counted = list(lengths)
+        return cls(len(counted), sum(counted), sum(n * n for n in counted))
+
+    def __add__(self, other: Work) -> Work:
+        return Work(
+            self.texts + other.texts, self.tokens + other.tokens, self.squares + other.squares
+        )
+
+    def __sub__(self, other: Work) -> Work:
+        return Work(
+            self.texts - other.texts, self.tokens - other.tokens, self.squares - other.squares
+        )
+
+
+@dataclass(frozen=True)
 class CostModel:
-    """Estimated seconds of a forward pass: `per_batch + per_token * rows * width`."""
+    """Estimated seconds of a forward pass: `per_batch + per_token * rows * width` for the
+    planner; admission adds `per_token_squared` per token and token of its text's length."""
 
     per_batch_s: float = 0.008
     per_token_s: float = 0.00015
+    per_token_squared_s: float = 0.0
 
     def cost(self, rows: int, width: int) -> float:
         return self.per_batch_s + self.per_token_s * rows * width
+
+    def with_long_text(self, length: int, seconds: float) -> CostModel:
+        """This model plus attention's price, from one pass of a text `length` tokens long:
+        what it took beyond the linear model, per token squared."""
+        extra = max(0.0, seconds - self.cost(1, length))
+        return replace(self, per_token_squared_s=extra / (length * length))
+
+    def seconds_for(self, work: Work, *, workers: int, max_rows: int, max_tokens: int) -> float:
+        """Seconds `workers` idle inference threads need for `work`: its passes, within the
+        row and token limits, shared between the threads (one text runs on one thread)."""
+        if work.texts <= 0:
+            return 0.0
+        passes = max(-(-work.texts // max_rows), -(-work.tokens // max_tokens))
+        lanes = max(1, min(workers, work.texts))
+        compute = self.per_token_s * work.tokens + self.per_token_squared_s * work.squares
+        return -(-passes // lanes) * self.per_batch_s + compute / lanes
 
     @classmethod
     def fit(cls, samples: Sequence[tuple[int, int, float]]) -> CostModel:

@@ -23,6 +23,7 @@ def _field(index: int, count: int) -> str:
 
 
 _INLINE_TOKENIZE_CHARS = 2048  # below this many characters a request tokenizes inline
+_SPECIAL_TOKENS = 2  # [CLS] and [SEP], or <s> and </s>
 
 
 class ClassificationService:
@@ -51,16 +52,26 @@ class ClassificationService:
                     f"given {len(text)}"
                 )
 
+    def token_bounds(self, texts: list[str]) -> list[int]:
+        """Tokens per text without tokenizing: a token holds at least one character, plus the
+        special tokens, and no text passes the model's limit (cut, or refused with 422)."""
+        limit = self.classifier.info.max_length
+        return [min(len(text) + _SPECIAL_TOKENS, limit) for text in texts]
+
     async def classify(
         self, texts: list[str], *, truncate: bool, top_k: int | None
     ) -> list[Prediction]:
         """Scores for `texts` in input order, within the request deadline."""
+        timeout = self._settings.request_timeout_s
+        deadline = time.perf_counter() + timeout
         self.check_limits(texts)
-        self.batcher.check_capacity(len(texts))  # refuse before tokenizing; submit checks again
+        # Refused before tokenizing where even the upper bound cannot fit now; submit checks
+        # the exact counts again.
+        self.batcher.check_capacity(self.token_bounds(texts), deadline, exact=False)
         try:
-            async with asyncio.timeout(self._settings.request_timeout_s):
+            async with asyncio.timeout(timeout):
                 encoded = await self._tokenize(texts, truncate)
-                scores = await self.batcher.submit([e.ids for e in encoded])
+                scores = await self.batcher.submit([e.ids for e in encoded], deadline)
         except TimeoutError:
             self._metrics.rejections.labels("deadline").inc(len(texts))
             raise DeadlineExceeded(

@@ -33,7 +33,7 @@ class Encoded:
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    path: str
+    path: str  # the model folder's name, not where it lies on the host
     folder_sha256: str
     revision: str | None
     architecture: str

@@ -9,11 +9,10 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from app.config import ForwardPath, Settings
 from app.engine.base import (
@@ -25,11 +24,14 @@ from app.engine.base import (
     activate,
     activation_for,
 )
+from app.engine.folder import load_pretrained
 from app.engine.runtime import cpu_count, default_workers
 from app.engine.tokenizer import TextEncoder
 from app.engine.unpadded import UnpaddedForward
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _SANE_MAX_LENGTH = 100_000  # tokenizers without a limit report ~1e30
 
@@ -107,14 +109,7 @@ class HFClassifier:
             torch.backends.cpu.get_cpu_capability(),
         )
         self._per_thread = threading.local()
-        try:
-            tokenizer: Any = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model: Any = AutoModelForSequenceClassification.from_pretrained(
-                path, local_files_only=True, dtype=self.dtype
-            )
-        except Exception as exc:  # any broken folder must end in one clear line
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"cannot load the model from MODEL_PATH={path}: {detail}") from exc
+        tokenizer, model = load_pretrained(path, self.dtype)
         self.model: Any = model.to(self.device).eval()
         if settings.quantize == "int8":
             self.model = quantize_int8(self.model)

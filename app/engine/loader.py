@@ -42,7 +42,7 @@ def load_classifier(settings: Settings) -> HFClassifier:
     logger.info("forward pass: %s (%s)", chosen, reason)
     classifier.info = ModelInfo(
         name=settings.display_name,
-        path=str(settings.model_path),
+        path=settings.model_path.resolve().name,  # the folder's name: /model shows no host path
         folder_sha256=folder_digest(settings.model_path),
         revision=build_revision(settings.model_path),
         architecture=classifier.architecture,

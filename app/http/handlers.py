@@ -10,13 +10,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.core.errors import ClientGone, ServiceError
+from app.core.errors import ClientGone, ServiceError, Unauthorized
 
 logger = logging.getLogger(__name__)
 
 _MAX_LOC_PART = 40
 _MAX_MESSAGE = 200
 
+
+# On every answer (middleware.py adds them; the last-resort 500 below, sent outside it, too).
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+)
 
 _HTTP_KINDS = {
     400: "bad_request",
@@ -85,7 +92,12 @@ def service_error_response(exc: ServiceError, request_id: str | None) -> JSONRes
     """The answer to a domain error, wherever in the HTTP layer it was raised."""
     if exc.status_code >= 500 and exc.error_type == "internal":
         logger.error("request failed: %s", exc.message)
-    return error_response(exc.status_code, exc.message, exc.error_type, request_id, exc.retry_after)
+    response = error_response(
+        exc.status_code, exc.message, exc.error_type, request_id, exc.retry_after
+    )
+    if isinstance(exc, Unauthorized):  # RFC 7235: every 401 names the scheme to use
+        response.headers["WWW-Authenticate"] = getattr(exc, "challenge", "Bearer")
+    return response
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
@@ -124,6 +136,8 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # header to every other response.
     if request_id is not None:
         response.headers["X-Request-ID"] = request_id
+    response.headers.update(dict(SECURITY_HEADERS))
+    response.headers["Cache-Control"] = "no-store"
     return response
 
 

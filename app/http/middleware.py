@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids, per-request metrics and logs, and the body-size limit."""
+"""Pure ASGI middleware: request ids, security headers, per-request metrics and logs, and
+the body-size limit."""
 
 from __future__ import annotations
 
@@ -6,18 +7,24 @@ import logging
 import random
 import re
 import time
-from typing import Any
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import PayloadTooLarge
-from app.http.handlers import service_error_response
+from app.http.handlers import SECURITY_HEADERS, service_error_response
 from app.metrics import Metrics
 
 logger = logging.getLogger("app.access")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+# Added unless the route set its own (the /docs page its CSP, its assets their caching).
+_API_DEFAULTS = (
+    (b"cache-control", b"no-store"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+)
+_SECURITY_HEADERS = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS]
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -44,6 +51,7 @@ class RequestContextMiddleware:
         # A request refused before routing (413) still counts under its route when the path
         # is one of the app's; anything else is "unmatched", so the label set stays bounded.
         self.known_paths = known_paths
+        self.error_lines = ErrorLineThrottle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,11 +67,12 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"],
-                    (b"x-request-id", request_id.encode()),
-                ]
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers += [item for item in _API_DEFAULTS if item[0] not in present]
+                headers += _SECURITY_HEADERS
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -76,7 +85,8 @@ class RequestContextMiddleware:
             )
             self.metrics.requests.labels(path, str(status)).inc()
             self.metrics.request_duration.labels(path).observe(elapsed)
-            if path not in _QUIET_ROUTES or status >= 400:
+            self.error_lines.flush()
+            if self.error_lines.admit(path, status) if status >= 400 else path not in _QUIET_ROUTES:
                 logger.info(
                     "%s %s %d %.1fms",
                     scope["method"],
@@ -87,8 +97,53 @@ class RequestContextMiddleware:
                 )
 
 
+class ErrorLineThrottle:
+    """At most one access-log line per (route, status) of an error answer per `interval_s`.
+
+    A flood of 404s or 503s would otherwise write a line each; the lines held back are
+    counted and reported as one "N similar lines suppressed" line per interval (metrics still
+    count every request). Routes and statuses are bounded sets, so are these dicts."""
+
+    def __init__(self, interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.interval_s = interval_s
+        self._clock = clock
+        self._logged_at: dict[tuple[str, int], float] = {}
+        self._held: dict[tuple[str, int], int] = {}
+
+    def admit(self, route: str, status: int) -> bool:
+        """Whether this error answer gets its own line now."""
+        key = (route, status)
+        now = self._clock()
+        last = self._logged_at.get(key)
+        if last is None or now - last >= self.interval_s:
+            self._logged_at[key] = now
+            return True
+        self._held[key] = self._held.get(key, 0) + 1
+        return False
+
+    def flush(self) -> None:
+        """Report the lines held back for a full interval (a dict check when there are none)."""
+        if not self._held:
+            return
+        now = self._clock()
+        for key, count in list(self._held.items()):
+            if now - self._logged_at[key] >= self.interval_s:
+                del self._held[key]
+                route, status = key
+                logger.info(
+                    "%d similar lines suppressed: %s %d within %.0f s",
+                    count,
+                    route,
+                    status,
+                    self.interval_s,
+                    extra={"route": route, "status": status, "suppressed": count},
+                )
+
+
 class BodyLimitMiddleware:
-    """413 for bodies over the limit, declared or streamed, before any of it is parsed."""
+    """413 for bodies over the limit: a declared one before any of it is read, a streamed
+    (chunked) one as soon as the bytes read pass it. Nothing here reads a body itself, so a
+    request refused before its body (a missing API key) never costs the upload."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -100,47 +155,30 @@ class BodyLimitMiddleware:
             return
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(scope, receive, send)
+            error = PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
+            response = service_error_response(error, scope.get("state", {}).get("request_id"))
+            response.headers["connection"] = "close"  # the body is never read
+            await response(scope, receive, send)
             return
         if declared is not None:
             await self.app(scope, receive, send)
             return
-        # No length given (chunked): read it all, within the limit, then replay it.
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
+        read = 0
+        over = False
+
+        async def counted() -> Message:
+            nonlocal read, over
             message = await receive()
-            if message["type"] != "http.request":
-                await self.app(scope, _replay([message]), send)
-                return
-            body = message.get("body", b"")
-            size += len(body)
-            if size > self.max_bytes:
-                await self._reject(scope, receive, send)
-                return
-            chunks.append(body)
-            more = message.get("more_body", False)
-        replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks)}]
-        await self.app(scope, _replay(replay, receive), send)
-
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = scope.get("state", {}).get("request_id")
-        error = PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
-        response = service_error_response(error, request_id)
-        response.headers["connection"] = "close"  # the rest of the body is never read
-        await response(scope, receive, send)
-
-
-def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
-    queue: list[Any] = list(messages)
-
-    async def receive() -> Message:
-        if queue:
-            message: Message = queue.pop(0)
+            if message["type"] == "http.request":
+                read += len(message.get("body", b""))
+                if read > self.max_bytes:
+                    over = True  # the reader's 413 (handlers.py) then closes the connection
+                    raise PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
             return message
-        if then is not None:
-            return await then()
-        return {"type": "http.disconnect"}
 
-    return receive
+        async def send_closing(message: Message) -> None:
+            if over and message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
+            await send(message)
+
+        await self.app(scope, counted, send_closing)

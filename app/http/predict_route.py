@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -11,20 +12,94 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
 
-from app.core.errors import ClientGone, UnsupportedMediaType
+from app.config import Settings
+from app.core.errors import ClientGone, InvalidInput, UnsupportedMediaType
 from app.core.lifecycle import Lifecycle
+from app.http.security import key_check
 
 T = TypeVar("T")
 
 
+_FIELDS = frozenset(("text", "texts", "top_k", "truncate"))
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class _Repeated(Exception):
+    pass
+
+
+def _pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise _Repeated
+    return dict(pairs)
+
+
+def _repeats_a_field(body: bytes, data: dict[str, Any]) -> bool:
+    """Whether a key appears twice in the body (orjson keeps the last silently). Checked
+    only for a body pydantic would otherwise accept (known fields, flat values): anything
+    else is refused anyway. The standard library's parser reports every key; it costs about
+    as much as orjson's parse again (microseconds for a usual body, under a millisecond for
+    the largest), less than scanning the raw bytes for each field name."""
+    for key, value in data.items():
+        if key not in _FIELDS:
+            return False
+        items = value if key == "texts" and isinstance(value, list) else [value]
+        if not all(isinstance(item, _SCALARS) for item in items):
+            return False
+    try:
+        json.loads(body, object_pairs_hook=_pairs_once)
+    except _Repeated:
+        return True
+    return False
+
+
 class _JSONRequest(Request):
-    """Bodies parsed with orjson: strict UTF-8, and its errors are `JSONDecodeError`s, which
-    FastAPI answers as a 422."""
+    """Bodies parsed with orjson (strict UTF-8; its errors are `JSONDecodeError`s, which
+    FastAPI answers as a 422), then held to the item and character limits and to one value
+    per field before pydantic looks at any item: a megabyte of tiny items would otherwise be
+    validated one by one on the event loop. `PredictRoute` reads the body before FastAPI's
+    handler, so these refusals are domain errors with their own status and message."""
+
+    async def body(self) -> bytes:
+        if not hasattr(self, "_body"):
+            body = await super().body()
+            if body:
+                try:
+                    self._json = orjson.loads(body)
+                except orjson.JSONDecodeError:
+                    pass  # json() raises it again, inside FastAPI's handler: its usual 422
+                else:
+                    self._check(body, self._json)
+        return self._body
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             self._json = orjson.loads(await self.body())
         return self._json
+
+    def _check(self, body: bytes, data: Any) -> None:
+        if not isinstance(data, dict):
+            return  # one validation error, whatever the size
+        settings: Settings = self.app.state.settings
+        texts, text = data.get("texts"), data.get("text")
+        if isinstance(texts, list):
+            if len(texts) > settings.max_items_per_request:
+                raise InvalidInput(
+                    f"texts: at most {settings.max_items_per_request} items per request; "
+                    f"given {len(texts)}"
+                )
+            for index, item in enumerate(texts):
+                if isinstance(item, str) and len(item) > settings.max_text_chars:
+                    raise InvalidInput(
+                        f"texts[{index}]: at most {settings.max_text_chars} characters; "
+                        f"given {len(item)}"
+                    )
+        if isinstance(text, str) and len(text) > settings.max_text_chars:
+            raise InvalidInput(
+                f"text: at most {settings.max_text_chars} characters; given {len(text)}"
+            )
+        if _repeats_a_field(body, data):
+            raise InvalidInput("a field appears more than once in the body; give each once")
 
 
 class PredictRoute(APIRoute):
@@ -36,6 +111,7 @@ class PredictRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def admit(request: Request) -> Response:
+            key_check(request).check(request)  # before a byte of a stranger's body is read
             lifecycle: Lifecycle = request.app.state.lifecycle
             with lifecycle.track() as admitted:
                 request.state.admitted_before_drain = admitted
@@ -43,6 +119,12 @@ class PredictRoute(APIRoute):
                 if content_type and not content_type.lower().endswith(("/json", "+json")):
                     raise UnsupportedMediaType(
                         "send the body as JSON with Content-Type: application/json"
+                    )
+                # With keys or CORS on, a body without a type could be a browser's cross-site
+                # "simple" request (no preflight): refuse it instead of reading it as JSON.
+                if not content_type and request.app.state.content_type_required:
+                    raise UnsupportedMediaType(
+                        "a Content-Type: application/json header is required"
                     )
                 json_request = _JSONRequest(request.scope, request.receive)
                 try:

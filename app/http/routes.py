@@ -25,8 +25,12 @@ from app.http.schemas import (
     SinglePredictResponse,
 )
 
-router = APIRouter()
-# A body with no Content-Type at all is read as JSON.
+# Each router is one access rule: `create_app` includes it open, behind a key, or not at all.
+router = APIRouter()  # the probes: always open
+model_router = APIRouter()
+metrics_router = APIRouter()
+# A body with no Content-Type at all is read as JSON (unless keys or CORS are on: see
+# `PredictRoute`).
 predict_router = APIRouter(route_class=PredictRoute, strict_content_type=False)
 
 
@@ -35,18 +39,23 @@ def _error(description: str) -> dict[str, Any]:
 
 
 _PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
-    413: _error("The body is larger than TEXTCLF_MAX_BODY_BYTES."),
+    413: _error(
+        "The body is larger than TEXTCLF_MAX_BODY_BYTES, or the request holds more tokens "
+        "than TEXTCLF_MAX_QUEUE_TOKENS or could not finish within TEXTCLF_REQUEST_TIMEOUT_S "
+        "even on an idle server: send fewer or shorter texts."
+    ),
     415: _error("The body was sent with a Content-Type other than JSON."),
     422: _error(
         "Invalid request: body not JSON (or not UTF-8), missing or empty text, wrong types, "
-        "unknown fields, too many items, text too long, lone surrogates, or too many tokens "
-        "with truncate=false."
+        "unknown fields, a field given twice, too many items, text too long, lone surrogates, "
+        "or too many tokens with truncate=false."
     ),
     499: {"description": "The client closed the connection; nothing is sent."},
     500: _error("An unexpected server fault (never caused by input)."),
     503: _error(
-        "Not ready, draining, queue full (`overloaded`) or device out of memory; "
-        "see the Retry-After header."
+        "Not ready, draining, overloaded (the request would not finish within its deadline "
+        "behind the queued work, or the queue holds TEXTCLF_MAX_QUEUE_TOKENS) or device out "
+        "of memory; see the Retry-After header."
     ),
     504: _error("No answer within TEXTCLF_REQUEST_TIMEOUT_S; the work was dropped."),
 }
@@ -109,6 +118,13 @@ async def ready(lifecycle: LifecycleDep) -> ReadyResponse:
     return ReadyResponse(status="ready")
 
 
+# Load balancers and uptime checks often probe with HEAD: same status, no body.
+for _path, _probe in (("/health", health), ("/ready", ready)):
+    router.add_api_route(
+        _path, _probe, methods=["HEAD"], response_model=None, include_in_schema=False
+    )
+
+
 def _not_ready(lifecycle: Lifecycle) -> ServiceError:
     if lifecycle.stalled:
         return NotReady(_STALLED, retry_after=5)
@@ -117,7 +133,7 @@ def _not_ready(lifecycle: Lifecycle) -> ServiceError:
     return NotReady(f"not ready: {lifecycle.phase.value}", retry_after=5)
 
 
-@router.get(
+@model_router.get(
     "/model",
     summary="What is served: model, labels, limits, device, forward pass",
     response_model=ModelInfoResponse,
@@ -145,6 +161,6 @@ async def model_info(lifecycle: LifecycleDep, settings: SettingsDep) -> ModelInf
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(metrics: MetricsDep) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

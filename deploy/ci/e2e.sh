@@ -156,7 +156,7 @@ for _ in $(seq 1 60); do
 done
 
 # ------------------------------------------------------------------- tests ---
-# Order matters: test_shutdown.py stops the stack and so runs last.
+# Order matters: test_faults.py restarts the app, test_shutdown.py stops the stack (last).
 log "pytest -m e2e"
 "${E2E_PYTHON}" -m pytest -m e2e -p no:cacheprovider --durations=6 -s \
-    tests/e2e/test_static.py tests/e2e/test_stack.py tests/e2e/test_shutdown.py
+    tests/e2e/test_static.py tests/e2e/test_stack.py tests/e2e/test_faults.py tests/e2e/test_shutdown.py

@@ -23,7 +23,7 @@ from tests.e2e.conftest import REPO_ROOT, run
 pytestmark = pytest.mark.e2e
 
 WORKERS = 4
-TEXTS_PER_REQUEST = 24  # WORKERS x this stays well under the app's TEXTCLF_MAX_QUEUE_SIZE (256)
+TEXTS_PER_REQUEST = 24  # WORKERS x this stays well under the app's TEXTCLF_MAX_QUEUE_TOKENS
 MIN_INTERVAL_S = 0.25  # per worker: 4 workers stay under nginx's 20 requests/s
 LOAD_BEFORE_STOP_S = 1.5
 LOAD_DEADLINE_S = 60.0

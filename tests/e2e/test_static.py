@@ -571,6 +571,39 @@ def test_nginx_json_502_and_504(engine: None, containers: list[str]) -> None:
 
 
 @pytest.mark.e2e
+def test_nginx_cuts_off_junk_credentials(engine: None, containers: list[str]) -> None:
+    """A client sending Authorization headers that are no `Bearer <key>` to a keyed path
+    gets 429 from Nginx after a small burst; no header or a well-formed one is not limited
+    by that zone (no app here: what passes Nginx is its 502)."""
+    require(_image_present(NGINX_IMAGE), f"{NGINX_IMAGE} absent")
+    port = free_port()
+    name = f"textclf-nginx-auth-{uuid.uuid4().hex[:8]}"
+    containers.append(name)
+    run(
+        [
+            *_nginx_run(
+                "-d", "--add-host", "app:127.0.0.1", "-p", f"127.0.0.1:{port}:8080", name=name
+            ),
+            NGINX_IMAGE,
+        ]
+    )  # fmt: skip
+    _wait_http(f"http://127.0.0.1:{port}/metrics")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+
+        def statuses(path: str, authorization: str | None) -> list[int]:
+            headers = {"Authorization": authorization} if authorization is not None else {}
+            return [client.get(path, headers=headers).status_code for _ in range(10)]
+
+        assert statuses("/model", None) == [502] * 10
+        assert statuses("/model", "Bearer " + "k" * 32) == [502] * 10
+        assert statuses("/health", "Basic junk") == [502] * 10  # not a keyed path
+        junk = statuses("/predict", "Basic junk")
+        assert junk[:6] == [502] * 6 and junk.count(429) >= 3, junk  # burst 5, then 1 r/s
+        refused = client.get("/model", headers={"Authorization": "Bearer"})
+    assert refused.status_code == 429 and refused.json()["error_type"] == "rate_limited"
+
+
+@pytest.mark.e2e
 def test_build_context_is_small(engine: None, containers: list[str]) -> None:
     """What .dockerignore lets through, as the engine receives it."""
     require(_image_present(PYTHON_IMAGE), f"{PYTHON_IMAGE} absent")

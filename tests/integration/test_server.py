@@ -163,7 +163,7 @@ def test_a_client_that_hangs_up_is_dropped(server: ServerProcess) -> None:
 def test_overload_answers_every_request(model_path: Path, spawn) -> None:
     server = spawn(
         model_path,
-        TEXTCLF_MAX_QUEUE_SIZE="16",
+        TEXTCLF_MAX_QUEUE_TOKENS="256",  # about sixteen of these short texts
         TEXTCLF_MAX_ITEMS_PER_REQUEST="16",
         TEXTCLF_MAX_BATCH_SIZE="8",
     )
@@ -194,8 +194,8 @@ def test_overload_answers_every_request(model_path: Path, spawn) -> None:
 def test_sigterm_drains_in_flight_requests(model_path: Path, spawn) -> None:
     server = spawn(model_path, TEXTCLF_GRACEFUL_TIMEOUT_S="20")
     server.wait_ready()
-    # 192 long texts (within TEXTCLF_MAX_QUEUE_SIZE): the work sent before SIGTERM takes seconds,
-    # so it is still running when readiness is probed.
+    # 192 long texts (well within TEXTCLF_MAX_QUEUE_TOKENS and the deadline): the work sent
+    # before SIGTERM takes seconds, so it is still running when readiness is probed.
     long_text = " ".join([SENTENCES[6]] * 3)
     body = {"texts": [f"{long_text} #{i}" for i in range(64)]}
 
