@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import socket
 import sys
 import time
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 
 from app.config import Settings, describe_error
 from app.core.bringup import ClassifierFactory
 from app.core.lifecycle import Lifecycle
 from app.engine import runtime
+from app.http.protocol import ConnectionGuard
 from app.logging_config import configure_logging
 
 logger = logging.getLogger("app")
@@ -24,18 +28,32 @@ EXIT_MODEL_FAILED = 3
 
 
 class DrainingServer(uvicorn.Server):
-    """On SIGTERM: readiness turns 503 at once, in-flight requests finish, then uvicorn stops.
+    """On SIGTERM: readiness turns 503 at once, every response from then on closes its
+    connection (idle keep-alive ones close at once), in-flight requests finish, then uvicorn
+    stops; uploads still arriving when the grace period ends are answered 503.
 
     uvicorn alone would close the listener straight away; a load balancer still sending
     traffic would see refused connections instead of a clean 503 it can retry elsewhere.
     """
 
-    def __init__(self, config: uvicorn.Config, grace_s: float, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        grace_s: float,
+        lifecycle: Lifecycle,
+        guard: ConnectionGuard,
+    ) -> None:
         super().__init__(config)
         self.grace_s = grace_s
         self.lifecycle = lifecycle
+        self.guard = guard
         self.exit_code = 0
         self._drain_since: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
 
     def fail(self, reason: str) -> None:
         self.exit_code = EXIT_MODEL_FAILED
@@ -49,6 +67,9 @@ class DrainingServer(uvicorn.Server):
         logger.info("signal %d: draining (grace %.0f s)", sig, self.grace_s)
         self._drain_since = time.monotonic()
         self.lifecycle.begin_drain()
+        self.guard.draining = True
+        if self._loop is not None:  # the connections are the event loop's: act from there
+            self._loop.call_soon_threadsafe(self.guard.begin_drain, self.server_state.connections)
 
     async def on_tick(self, counter: int) -> bool:
         if self._drain_since is not None and not self.should_exit:
@@ -56,6 +77,7 @@ class DrainingServer(uvicorn.Server):
             if self.lifecycle.in_flight == 0 or waited >= self.grace_s:
                 if self.lifecycle.in_flight:
                     logger.warning("grace period over with %d requests", self.lifecycle.in_flight)
+                    self.guard.end_grace(self.server_state.connections)
                 self.should_exit = True
                 self.config.timeout_graceful_shutdown = max(1, int(self.grace_s - waited) + 1)
         return await super().on_tick(counter)
@@ -80,12 +102,27 @@ def main(factory: ClassifierFactory | None = None) -> int:
         on_fatal=lambda reason: servers[0].fail(reason),
         on_ready=runtime.freeze_heap,
     )
+    server = build_server(settings, app)
+    servers.append(server)
+    server.run()
+    return server.exit_code
+
+
+def build_server(settings: Settings, app: FastAPI) -> DrainingServer:
+    """The uvicorn server of `python -m app` for an app made by `create_app(settings)`."""
+    if settings.body_timeout_s >= settings.graceful_timeout_s:
+        logger.warning(
+            "TEXTCLF_BODY_TIMEOUT_S >= TEXTCLF_GRACEFUL_TIMEOUT_S: a slow upload during a drain "
+            "is cut by the grace period (503) instead of its own deadline (408)"
+        )
+    guard = ConnectionGuard(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=guard.protocol_class(),
+        ws="none",  # no WebSocket routes: an upgrade request is served as plain HTTP
         lifespan="on",
         log_config=None,
         access_log=False,
@@ -95,10 +132,7 @@ def main(factory: ClassifierFactory | None = None) -> int:
         timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),
     )
-    server = DrainingServer(config, settings.graceful_timeout_s, app.state.lifecycle)
-    servers.append(server)
-    server.run()
-    return server.exit_code
+    return DrainingServer(config, settings.graceful_timeout_s, app.state.lifecycle, guard)
 
 
 if __name__ == "__main__":
