@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from app import __version__
 from app.config import Settings
 from app.core.bringup import ClassifierFactory, build_service, in_daemon_thread, prepare
+from app.core.idle import release_memory_when_idle
 from app.core.lifecycle import Lifecycle
 from app.engine.base import ModelLoadError
 from app.http.docs import install_docs
@@ -57,15 +58,17 @@ def _lifespan(factory: ClassifierFactory) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         """Load in the background so /health answers at once and /ready says 503 until done."""
+        lifecycle: Lifecycle = app.state.lifecycle
         bring_up = asyncio.create_task(_bring_up(app, factory), name="bring-up")
+        housekeeping = asyncio.create_task(release_memory_when_idle(lifecycle), name="idle")
         try:
             yield
         finally:
-            lifecycle: Lifecycle = app.state.lifecycle
             lifecycle.begin_drain()
-            bring_up.cancel()
-            with suppress(asyncio.CancelledError):
-                await bring_up
+            for task in (bring_up, housekeeping):
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
             if lifecycle.service is not None:
                 await lifecycle.service.close()
 

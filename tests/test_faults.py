@@ -48,3 +48,31 @@ async def test_a_hung_forward_pass_ends_in_504_while_other_requests_flow(
         assert api.metric("textclf_rejections_total", {"reason": "deadline"}) == 1
     finally:
         release.set()
+
+
+async def test_memory_is_released_once_after_work_and_never_while_busy(
+    start_app, fake_settings, fake: FakeClassifier
+) -> None:
+    """glibc keeps the pages large passes freed (RSS stayed near 1 GB after floods): the engine
+    is told to give them back once the service has gone quiet after serving, not before."""
+    from app.core.idle import release_memory_when_idle
+
+    api = await start_app(fake_settings(), factory=fake.factory)
+    lifecycle = api.app.state.lifecycle
+    housekeeping = asyncio.ensure_future(release_memory_when_idle(lifecycle, check_s=0.05))
+    try:
+        await asyncio.sleep(0.2)
+        assert fake.released == 0  # nothing served yet: nothing to give back
+        release = threading.Event()
+        fake.gate = release
+        busy = asyncio.ensure_future(api.client.post("/predict", json={"text": "held"}))
+        await asyncio.sleep(0.3)
+        assert fake.released == 0  # a request in flight for several intervals
+        release.set()
+        assert (await busy).status_code == 200
+        await asyncio.sleep(0.3)
+        assert fake.released == 1
+        await asyncio.sleep(0.2)
+        assert fake.released == 1  # once per quiet spell
+    finally:
+        housekeeping.cancel()

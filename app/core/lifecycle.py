@@ -35,6 +35,7 @@ class Lifecycle:
         self.service: ClassificationService | None = None
         self.failure: str | None = None
         self.in_flight = 0
+        self.finished = 0  # requests ever tracked to their end
         self._on_fatal = on_fatal
         self._on_ready = on_ready
 
@@ -95,3 +96,4 @@ class Lifecycle:
             yield admitted
         finally:
             self.in_flight -= 1
+            self.finished += 1

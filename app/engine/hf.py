@@ -25,7 +25,7 @@ from app.engine.base import (
     activation_for,
 )
 from app.engine.folder import load_pretrained
-from app.engine.runtime import cpu_count, default_workers
+from app.engine.runtime import cpu_count, default_workers, trim_heap
 from app.engine.tokenizer import TextEncoder
 from app.engine.unpadded import UnpaddedForward
 
@@ -199,6 +199,9 @@ class HFClassifier:
         self._per_thread.threads = count
 
     def release_cached_memory(self) -> None:
-        """After a CUDA out-of-memory error, give cached blocks back before the next batch."""
+        """Give back what large passes left cached: CUDA's blocks (after an out-of-memory
+        error, before the next batch) or the host heap's free pages (when idle)."""
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        else:
+            trim_heap()
