@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import select
 import signal
@@ -22,6 +21,7 @@ from app.config import Settings
 from app.main import create_app
 from app.metrics import Metrics
 from tests.fakes import FakeClassifier
+from tests.raw_http import Answer, Client
 
 PREDICT_BODY = b'{"text": "a fine day"}'
 
@@ -78,66 +78,6 @@ def serve(
         running.server.should_exit = True
         running.thread.join(15)
         assert not running.thread.is_alive()
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class Client:
-    """A raw socket, read one HTTP response at a time (pipelined answers stay buffered)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = b""
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.send(data)
-
-    def _more(self, what: str) -> None:
-        chunk = self.sock.recv(65536)
-        assert chunk, f"closed {what}: {self.buffer!r}"
-        self.buffer += chunk
-
-    def answer(self) -> Answer:
-        while b"\r\n\r\n" not in self.buffer:
-            self._more("before a complete response")
-        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers.get("content-length", "0"))
-        while len(self.buffer) < length:
-            self._more("inside the body")
-        body, self.buffer = self.buffer[:length], self.buffer[length:]
-        return Answer(int(lines[0].split()[1]), headers, body)
-
-    def closed_by_server(self, within_s: float = 3.0) -> bool:
-        """True once the server closes (EOF, or a reset); False if it is still open."""
-        self.sock.settimeout(within_s)
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-        except TimeoutError:
-            return False
 
 
 def assert_json_error(answer: Answer, status: int, error_type: str) -> dict[str, Any]:

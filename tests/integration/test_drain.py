@@ -13,11 +13,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.server import ServerProcess
+from tests.raw_http import Answer, Client, ClosedEarly
 
 logger = logging.getLogger(__name__)
 
@@ -36,20 +36,6 @@ TEXTS = (
 )
 
 
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class Lost(Exception):
-    """The request was sent and no complete response came back (EOF or reset)."""
-
-
 def predict_request(text: str) -> bytes:
     body = json.dumps({"text": text}).encode()
     return (
@@ -59,28 +45,8 @@ def predict_request(text: str) -> bytes:
 
 
 def read_answer(sock: socket.socket) -> Answer:
-    data = b""
-    try:
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise Lost("closed before the response")
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers.get("content-length", "0"))
-        while len(body) < length:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise Lost("closed inside the response")
-            body += chunk
-    except ConnectionError as exc:
-        raise Lost(repr(exc)) from exc
-    return Answer(int(lines[0].split()[1]), headers, body[:length])
+    """One response; ClosedEarly when the request was sent and none came back (lost)."""
+    return Client(sock).answer()
 
 
 def closed_while_idle(sock: socket.socket) -> bool:
@@ -125,7 +91,7 @@ class LoadClient:
                 sock.sendall(predict_request(TEXTS[(self.index + sent) % len(TEXTS)]))
                 sent += 1
                 answer = read_answer(sock)
-            except (Lost, ConnectionError) as exc:
+            except (ClosedEarly, ConnectionError) as exc:
                 self.outcomes["lost"] += 1
                 self.problems.append(repr(exc))
                 sock.close()
@@ -166,7 +132,7 @@ def slow_upload(port: int, result: dict[str, Any]) -> None:
             sock.sendall(bytes([byte]))
         try:
             result["answer"] = read_answer(sock)
-        except Lost as exc:
+        except ClosedEarly as exc:
             result["lost"] = repr(exc)
         result["after_s"] = time.monotonic() - started
 
