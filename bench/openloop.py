@@ -67,6 +67,7 @@ class LoadRun:
     seconds: float
     generator_cpu_s: float
     peak_connections: int
+    stale_connections: int  # idle ones the server had closed: dropped, not reused
     send_lag_p99_ms: float  # how late the generator sent (its own saturation)
 
     def of(self, stream: str) -> list[Outcome]:
@@ -145,6 +146,7 @@ class Pool:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.open = 0
         self.peak = 0
+        self.stale = 0  # idle connections found closed by the server, never reused
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
@@ -161,7 +163,7 @@ class Pool:
 
     async def exchange(self, request: bytes, timeout_s: float) -> Response:
         async with asyncio.timeout(timeout_s):
-            reader, writer = self.idle.pop() if self.idle else await self._connect()
+            reader, writer = await self._take()
             try:
                 writer.write(request)
                 response = await read_response(reader)
@@ -173,6 +175,18 @@ class Pool:
         else:
             self.idle.append((reader, writer))
         return response
+
+    async def _take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The most recent idle connection the server has not closed (what every HTTP client
+        library checks before reusing one: the server ends idle ones after its keep-alive
+        timeout), else a new one."""
+        while self.idle:
+            reader, writer = self.idle.pop()
+            if not reader.at_eof():
+                return reader, writer
+            self._close(writer)
+            self.stale += 1
+        return await self._connect()
 
     def close_all(self) -> None:
         while self.idle:
@@ -326,6 +340,7 @@ async def _load(
         seconds=total_s,
         generator_cpu_s=time.process_time() - cpu0,
         peak_connections=pool.peak,
+        stale_connections=pool.stale,
         send_lag_p99_ms=round(percentile(lags, 99) * 1000, 1) if lags else 0.0,
     )
 

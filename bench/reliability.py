@@ -71,6 +71,7 @@ def _generator(run: LoadRun) -> dict[str, Any]:
     return {
         "generator_cpu_pct_of_one_core": _cpu_pct(run),
         "peak_connections": run.peak_connections,
+        "stale_connections_dropped": run.stale_connections,
         "send_lag_p99_ms": run.send_lag_p99_ms,
     }
 
