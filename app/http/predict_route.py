@@ -72,6 +72,16 @@ class _JSONRequest(Request):
                     self._check(body, self._json)
         return self._body
 
+    def texts(self) -> list[str]:
+        """The body's texts once `body()` has parsed it (empty when it is not a request)."""
+        data = getattr(self, "_json", None)
+        if not isinstance(data, dict):
+            return []
+        text, texts = data.get("text"), data.get("texts")
+        if isinstance(text, str):
+            return [text]
+        return [t for t in texts if isinstance(t, str)] if isinstance(texts, list) else []
+
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             self._json = orjson.loads(await self.body())
@@ -131,6 +141,11 @@ class PredictRoute(APIRoute):
                     await json_request.body()
                 except ClientDisconnect:
                     raise ClientGone(texts=1) from None
+                service, texts = lifecycle.service, json_request.texts()
+                if service is not None and texts:
+                    # The service's own check before tokenizing, made before FastAPI validates
+                    # the body: under a 4x overload validation is much of what a refusal costs.
+                    service.batcher.check_capacity(service.token_bounds(texts), exact=False)
                 return await handler(json_request)
 
         return admit
