@@ -31,7 +31,7 @@ up)
     "${PY}" -m http.server --bind 127.0.0.1 "${WHEELHOUSE_PORT}" --directory "${wheelhouse}" \
         >"${CACHE}/reliability-wheelhouse.log" 2>&1 &
     server_pid=$!
-    trap 'kill "${server_pid}" 2>/dev/null; wait "${server_pid}" 2>/dev/null' EXIT
+    trap 'rc=$?; kill "${server_pid}" 2>/dev/null; wait "${server_pid}" 2>/dev/null; exit $rc' EXIT
     "${PY}" -m bench reliability nginx-conf --out "${RELIABILITY_NGINX_CONF}" >/dev/null
     chmod a+r "${RELIABILITY_NGINX_CONF}"
     # Returns once the app is healthy and Nginx started (depends_on: service_healthy).
