@@ -31,7 +31,7 @@ up)
     "${PY}" -m http.server --bind 127.0.0.1 "${WHEELHOUSE_PORT}" --directory "${wheelhouse}" \
         >"${CACHE}/reliability-wheelhouse.log" 2>&1 &
     server_pid=$!
-    trap 'rc=$?; kill "${server_pid}" 2>/dev/null; wait "${server_pid}" 2>/dev/null; exit $rc' EXIT
+    trap 'kill "${server_pid}" 2>/dev/null; wait "${server_pid}" 2>/dev/null' EXIT
     "${PY}" -m bench reliability nginx-conf --out "${RELIABILITY_NGINX_CONF}" >/dev/null
     chmod a+r "${RELIABILITY_NGINX_CONF}"
     # Returns once the app is healthy and Nginx started (depends_on: service_healthy).
@@ -39,6 +39,7 @@ up)
         || { tail -n 40 "${CACHE}/reliability-compose-up.log" >&2; exit 1; }
     app_pid="$(docker inspect -f '{{.State.Pid}}' "$(docker-compose ps -q app)")"
     echo "URL=http://127.0.0.1:${HTTP_PORT} APP_PID=${app_pid}"
+    exit 0 # explicit: the EXIT trap's `wait` on the killed server would be the status
     ;;
 down)
     timeout 120 docker-compose down --remove-orphans --timeout 25
