@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from app.config import Settings
@@ -20,6 +21,22 @@ logger = logging.getLogger(__name__)
 def _field(index: int, count: int) -> str:
     """How an error names the offending text: `text` for one, `texts[i]` in a batch."""
     return "text" if count == 1 else f"texts[{index}]"
+
+
+def check_limits(texts: Sequence[object], settings: Settings, *, field: str) -> None:
+    """The item and character limits of one request, `field` naming its texts (`text` or
+    `texts`); items that are not strings are left to validation. Run on the parsed body
+    before any item is validated, and again by the service."""
+    if len(texts) > settings.max_items_per_request:
+        raise InvalidInput(
+            f"texts: at most {settings.max_items_per_request} items per request; given {len(texts)}"
+        )
+    for index, text in enumerate(texts):
+        if isinstance(text, str) and len(text) > settings.max_text_chars:
+            name = field if field == "text" else f"texts[{index}]"
+            raise InvalidInput(
+                f"{name}: at most {settings.max_text_chars} characters; given {len(text)}"
+            )
 
 
 _INLINE_TOKENIZE_CHARS = 2048  # below this many characters a request tokenizes inline
@@ -39,19 +56,6 @@ class ClassificationService:
         # Tokenization gets its own thread so it never waits behind a forward pass.
         self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
 
-    def check_limits(self, texts: list[str]) -> None:
-        s = self._settings
-        if len(texts) > s.max_items_per_request:
-            raise InvalidInput(
-                f"texts: at most {s.max_items_per_request} items per request; given {len(texts)}"
-            )
-        for index, text in enumerate(texts):
-            if len(text) > s.max_text_chars:
-                raise InvalidInput(
-                    f"{_field(index, len(texts))}: at most {s.max_text_chars} characters; "
-                    f"given {len(text)}"
-                )
-
     def token_bounds(self, texts: list[str]) -> list[int]:
         """Tokens per text without tokenizing: a token holds at least one character, plus the
         special tokens, and no text passes the model's limit (cut, or refused with 422)."""
@@ -64,7 +68,7 @@ class ClassificationService:
         """Scores for `texts` in input order, within the request deadline."""
         timeout = self._settings.request_timeout_s
         deadline = time.perf_counter() + timeout
-        self.check_limits(texts)
+        check_limits(texts, self._settings, field="text" if len(texts) == 1 else "texts")
         # Refused before tokenizing where even the upper bound cannot fit now; submit checks
         # the exact counts again.
         self.batcher.check_capacity(self.token_bounds(texts), deadline, exact=False)

@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect
 from app.config import Settings
 from app.core.errors import ClientGone, InvalidInput, UnsupportedMediaType
 from app.core.lifecycle import Lifecycle
+from app.core.service import check_limits
 from app.http.security import key_check
 
 T = TypeVar("T")
@@ -93,21 +94,9 @@ class _JSONRequest(Request):
         settings: Settings = self.app.state.settings
         texts, text = data.get("texts"), data.get("text")
         if isinstance(texts, list):
-            if len(texts) > settings.max_items_per_request:
-                raise InvalidInput(
-                    f"texts: at most {settings.max_items_per_request} items per request; "
-                    f"given {len(texts)}"
-                )
-            for index, item in enumerate(texts):
-                if isinstance(item, str) and len(item) > settings.max_text_chars:
-                    raise InvalidInput(
-                        f"texts[{index}]: at most {settings.max_text_chars} characters; "
-                        f"given {len(item)}"
-                    )
-        if isinstance(text, str) and len(text) > settings.max_text_chars:
-            raise InvalidInput(
-                f"text: at most {settings.max_text_chars} characters; given {len(text)}"
-            )
+            check_limits(texts, settings, field="texts")
+        if isinstance(text, str):
+            check_limits([text], settings, field="text")
         if _repeats_a_field(body, data):
             raise InvalidInput("a field appears more than once in the body; give each once")
 
