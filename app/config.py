@@ -162,6 +162,13 @@ class Settings(BaseSettings):
         None, description="file with one API key per line (a mounted secret); adds to API_KEYS"
     )
     metrics_access: Access = Field("open", description="/metrics: open, key or off")
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="also serve /metrics, without a key, on this port (a scraper kept apart "
+        "by network policy); unset: only on PORT",
+    )
     docs_access: Access = Field("open", description="/docs and /openapi.json: open, key or off")
     cors_allow_origins: str = Field(
         "",
@@ -203,6 +210,8 @@ class Settings(BaseSettings):
                     f"{env_name(name)}=key but no key is set; set TEXTCLF_API_KEYS "
                     "or TEXTCLF_API_KEYS_FILE"
                 )
+        if self.metrics_port == self.port:
+            raise ValueError("TEXTCLF_METRICS_PORT must differ from TEXTCLF_PORT")
         for origin in self.cors_origins:
             if not _ORIGIN.fullmatch(origin):
                 raise ValueError(

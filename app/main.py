@@ -18,6 +18,7 @@ from app.core.lifecycle import Lifecycle
 from app.engine.base import ModelLoadError
 from app.http.docs import install_docs
 from app.http.handlers import install_error_handlers
+from app.http.metrics_port import serve_metrics
 from app.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.http.routes import metrics_router, model_router, predict_router, router
 from app.http.schemas import PredictRequest
@@ -54,16 +55,33 @@ async def _bring_up(app: FastAPI, factory: ClassifierFactory) -> None:
     lifecycle.ready(build_service(classifier, cost, settings, app.state.metrics))
 
 
+def _start_metrics_port(app: FastAPI) -> Callable[[], None] | None:
+    settings: Settings = app.state.settings
+    if settings.metrics_port is None:
+        return None
+    try:
+        return serve_metrics(app.state.metrics.registry, settings.host, settings.metrics_port)
+    except OSError as exc:  # the lifecycle turns this into exit code 3 with one line
+        app.state.lifecycle.fail(
+            f"cannot serve /metrics on TEXTCLF_METRICS_PORT={settings.metrics_port}: "
+            f"{exc.strerror or exc}"
+        )
+        return None
+
+
 def _lifespan(factory: ClassifierFactory) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         """Load in the background so /health answers at once and /ready says 503 until done."""
         lifecycle: Lifecycle = app.state.lifecycle
+        stop_metrics = _start_metrics_port(app)
         bring_up = asyncio.create_task(_bring_up(app, factory), name="bring-up")
         housekeeping = asyncio.create_task(release_memory_when_idle(lifecycle), name="idle")
         try:
             yield
         finally:
+            if stop_metrics is not None:
+                stop_metrics()
             lifecycle.begin_drain()
             for task in (bring_up, housekeeping):
                 task.cancel()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 PREFIX = "textclf"
 
@@ -84,3 +84,5 @@ class Metrics:
             ["model", "device", "dtype", "revision"], registry=r,
         )  # fmt: skip
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the service takes traffic", registry=r)
+        # process_cpu_seconds_total, process_resident_memory_bytes, open fds ... (Linux /proc)
+        ProcessCollector(registry=r)
