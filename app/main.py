@@ -135,6 +135,7 @@ def create_app(
     lifecycle = Lifecycle(on_fatal=on_fatal, on_ready=on_ready)
     metrics.in_flight.set_function(lambda: lifecycle.in_flight)
     metrics.ready.set_function(lambda: 1 if lifecycle.is_ready else 0)
+    metrics.queue_tokens_limit.set(settings.max_queue_tokens)  # saturation = queue / limit
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.lifecycle = lifecycle

@@ -62,6 +62,10 @@ class Metrics:
             f"{PREFIX}_queue_tokens", "Tokens waiting for the model (what admission bounds)",
             registry=r,
         )  # fmt: skip
+        self.queue_tokens_limit = Gauge(
+            f"{PREFIX}_queue_tokens_limit", "TEXTCLF_MAX_QUEUE_TOKENS: work past it gets 503",
+            registry=r,
+        )  # fmt: skip
         self.input_tokens = Histogram(
             f"{PREFIX}_input_tokens", "Tokens per text before truncation",
             buckets=_TOKEN_BUCKETS, registry=r,
