@@ -10,7 +10,7 @@ MODEL_DIR ?= model/default
 PORT ?= 8000
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv venv-dev model run test test-quick lint format e2e bench bench-quick bench-tools reliability clean
+.PHONY: help venv venv-dev model run test test-quick lint format e2e bench bench-quick bench-tools monitoring-tools reliability clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -55,12 +55,15 @@ format: venv-dev
 test-quick: venv-dev ## unit tests only (tiny random model, seconds)
 	$(PY) -m pytest -m "not integration and not e2e"
 
-test: venv-dev model lint bench-tools ## everything: lint, unit, integration over real HTTP (the benchmark tool too), container stack
+test: venv-dev model lint bench-tools monitoring-tools ## everything: lint, unit, integration over real HTTP (the benchmark tool too), container stack
 	MODEL_PATH=$(MODEL_DIR) $(PY) -m pytest -m "not e2e"
 	$(MAKE) e2e
 
 e2e: venv-dev model ## the Docker Compose stack behind Nginx, on a real Docker engine
 	bash deploy/ci/e2e.sh
+
+monitoring-tools: ## promtool (rule tests) from Debian's prometheus package, unpacked into the cache (no daemon)
+	bash deploy/ci/promtool.sh >/dev/null
 
 bench-tools: ## the benchmark's load generator: wrk (apt)
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)

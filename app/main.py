@@ -135,7 +135,9 @@ def create_app(
     lifecycle = Lifecycle(on_fatal=on_fatal, on_ready=on_ready)
     metrics.in_flight.set_function(lambda: lifecycle.in_flight)
     metrics.ready.set_function(lambda: 1 if lifecycle.is_ready else 0)
-    metrics.queue_tokens_limit.set(settings.max_queue_tokens)  # saturation = queue / limit
+    # The limits as series, so alerts compare against this deployment's settings.
+    metrics.queue_tokens_limit.set(settings.max_queue_tokens)
+    metrics.request_timeout.set(settings.request_timeout_s)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.lifecycle = lifecycle

@@ -66,6 +66,10 @@ class Metrics:
             f"{PREFIX}_queue_tokens_limit", "TEXTCLF_MAX_QUEUE_TOKENS: work past it gets 503",
             registry=r,
         )  # fmt: skip
+        self.request_timeout = Gauge(
+            f"{PREFIX}_request_timeout_seconds", "TEXTCLF_REQUEST_TIMEOUT_S: the deadline",
+            registry=r,
+        )  # fmt: skip
         self.input_tokens = Histogram(
             f"{PREFIX}_input_tokens", "Tokens per text before truncation",
             buckets=_TOKEN_BUCKETS, registry=r,

@@ -35,6 +35,7 @@ async def test_metrics_on_their_own_port(start_app, fake_settings, fake) -> None
     assert 'textclf_requests_total{route="/predict",status="200"} 1.0' in page.text
     assert "textclf_ready 1.0" in page.text
     assert f"textclf_queue_tokens_limit {float(settings.max_queue_tokens)}" in page.text
+    assert f"textclf_request_timeout_seconds {settings.request_timeout_s}" in page.text
     # The dashboard's CPU and memory panels read these.
     for name in ("process_cpu_seconds_total", "process_resident_memory_bytes"):
         assert f"\n{name} " in page.text, name

@@ -13,6 +13,8 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE="${TEXTCLF_CACHE_DIR:-${HOME}/.cache/textclf}"
 PYTHON_IMAGE="${PYTHON_IMAGE:-python:3.11-slim-bookworm}"
 NGINX_IMAGE="${NGINX_IMAGE:-nginx:1.28-bookworm}"
+# The `monitoring` Compose profile's Prometheus (stand-in: Debian's prometheus 2.42).
+PROMETHEUS_IMAGE="${PROMETHEUS_IMAGE:-prom/prometheus:v2.53.4}"
 DEBIAN_STANDIN="textclf-standin/debian:bookworm-v2"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # Bump the suffix when the rootfs recipe below changes.
@@ -98,3 +100,4 @@ build_standin() {  # <official name> <stand-in Dockerfile>
 mkdir -p "${CACHE}"
 build_standin "${PYTHON_IMAGE}" python.Dockerfile
 build_standin "${NGINX_IMAGE}" nginx.Dockerfile
+build_standin "${PROMETHEUS_IMAGE}" prometheus.Dockerfile
