@@ -10,7 +10,7 @@ MODEL_DIR ?= model/default
 PORT ?= 8000
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv venv-dev model run test test-quick lint format e2e bench bench-quick bench-tools monitoring-tools reliability clean
+.PHONY: help venv venv-dev model run test test-quick lint format e2e bench bench-quick bench-tools monitoring-tools reliability scale roll clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,13 @@ e2e: venv-dev model ## the Docker Compose stack behind Nginx, on a real Docker e
 
 monitoring-tools: ## promtool (rule tests) from Debian's prometheus package, unpacked into the cache (no daemon)
 	bash deploy/ci/promtool.sh >/dev/null
+
+N ?= 2
+scale: ## N replicas of the app behind Nginx in the running Compose stack: make scale N=3
+	bash deploy/compose/replicas.sh scale $(N)
+
+roll: ## replace every replica one at a time (new image or settings), no failed request
+	bash deploy/compose/replicas.sh roll
 
 bench-tools: ## the benchmark's load generator: wrk (apt)
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)

@@ -75,13 +75,6 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Obj]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def stub_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model")
-    (path / "config.json").write_text("{}")
-    return path
-
-
 def only(objects: list[Obj], kind: str) -> Obj:
     found = [obj for obj in objects if obj["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
@@ -307,7 +300,7 @@ def test_rollout_never_drops_below_the_ready_count(
 def test_every_configmap_key_is_a_real_setting_with_an_accepted_value(
     renders: dict[str, list[Obj]],
     variant: str,
-    stub_model_dir: Path,
+    stub_model: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -320,7 +313,7 @@ def test_every_configmap_key_is_a_real_setting_with_an_accepted_value(
         fields[key] = field
     env = dict(data)
     # Paths inside the container, replaced by local stand-ins for the settings' file checks.
-    env["TEXTCLF_MODEL_PATH"] = str(stub_model_dir)
+    env["TEXTCLF_MODEL_PATH"] = str(stub_model)
     if "TEXTCLF_API_KEYS_FILE" in env:
         keys_file = tmp_path / "api_keys"
         keys_file.write_text("k" * 32 + "\n")

@@ -6,11 +6,13 @@
 #   2. base images: official ones if the engine has them, else Debian stand-ins
 #   3. wheelhouse (cached outside the clone) served on 127.0.0.1 for pip
 #   4. docker-compose -f docker-compose.yml -f docker-compose.ci.yml up -d --build
-#   5. pytest: static checks, the running stack, then `stop` under load
+#   5. pytest: static checks, the running stack, Prometheus (profile monitoring),
+#      replicas, faults, then `stop` under load
 #   6. teardown, also on failure or interrupt (trap)
 #
 # Environment: E2E_MODEL_DIR (default ./model/default), E2E_HTTP_PORT (free
-# port), E2E_KEEP=1 keeps the stack up afterwards, E2E_PYTHON (test runner; default $VENV/bin/python).
+# port), E2E_PROMETHEUS_PORT (free port), E2E_KEEP=1 keeps the stack up afterwards,
+# E2E_PYTHON (test runner; default $VENV/bin/python).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -47,6 +49,10 @@ if ! "${E2E_PYTHON}" -c 'import socket, sys; socket.socket().bind(("127.0.0.1", 
 fi
 export WHEELHOUSE_PORT
 export E2E_BASE_URL="http://127.0.0.1:${HTTP_PORT}"
+# Prometheus beside the stack; every docker-compose call below (tests too) includes it.
+export COMPOSE_PROFILES=monitoring
+export PROMETHEUS_PORT="${E2E_PROMETHEUS_PORT:-$(free_port)}"
+export E2E_PROMETHEUS_URL="http://127.0.0.1:${PROMETHEUS_PORT}"
 export E2E_REQUIRED=1
 VCS_REF="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 export VCS_REF
@@ -79,9 +85,10 @@ cleanup() {
             timeout 60 docker-compose logs --no-color --tail=60 >&2
         fi
         if [[ "${E2E_KEEP:-0}" == 1 ]]; then
-            log "E2E_KEEP=1: stack left up at ${E2E_BASE_URL} (docker-compose down to remove)"
+            log "E2E_KEEP=1: stack left up at ${E2E_BASE_URL}, Prometheus at ${E2E_PROMETHEUS_URL} (docker-compose --profile monitoring down -v to remove)"
         else
-            timeout 120 docker-compose down --remove-orphans --timeout 25 >/dev/null 2>&1
+            # -v: Prometheus' TSDB volume too, so the next run starts without old series.
+            timeout 120 docker-compose down --remove-orphans --volumes --timeout 25 >/dev/null 2>&1
             log "stack removed"
         fi
     fi
@@ -118,7 +125,7 @@ log "wheelhouse served on 127.0.0.1:${WHEELHOUSE_PORT}"
 
 # ------------------------------------------------------------------- stack ---
 # A leftover stack of an interrupted run would hold the names and the port.
-timeout 120 docker-compose down --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+timeout 120 docker-compose down --remove-orphans --volumes --timeout 5 >/dev/null 2>&1 || true
 stack_started=1
 build_t0=$(date +%s)
 build_log="${CACHE}/e2e-compose-build.log"
@@ -156,7 +163,9 @@ for _ in $(seq 1 60); do
 done
 
 # ------------------------------------------------------------------- tests ---
-# Order matters: test_faults.py restarts the app, test_shutdown.py stops the stack (last).
+# Order matters: test_replicas.py replaces the app container, test_faults.py restarts
+# the app, test_shutdown.py stops the stack (last).
 log "pytest -m e2e"
 "${E2E_PYTHON}" -m pytest -m e2e -p no:cacheprovider --durations=6 -s \
-    tests/e2e/test_static.py tests/e2e/test_stack.py tests/e2e/test_faults.py tests/e2e/test_shutdown.py
+    tests/e2e/test_static.py tests/e2e/test_stack.py tests/e2e/test_monitoring.py \
+    tests/e2e/test_replicas.py tests/e2e/test_faults.py tests/e2e/test_shutdown.py

@@ -92,9 +92,9 @@ def compose_container_id(service: str) -> str:
     return out.splitlines()[0]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture()
 def app_container(base_url: str) -> str:
-    return compose_container_id("app")
+    return compose_container_id("app")  # looked up per test: test_replicas.py replaces it
 
 
 @pytest.fixture(scope="session")

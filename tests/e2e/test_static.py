@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
@@ -38,6 +38,7 @@ DOCKERFILES = [
     REPO_ROOT / "Dockerfile",
     REPO_ROOT / "deploy/standin/python.Dockerfile",
     REPO_ROOT / "deploy/standin/nginx.Dockerfile",
+    REPO_ROOT / "deploy/standin/prometheus.Dockerfile",
 ]
 SCRIPTS = sorted((REPO_ROOT / "deploy").rglob("*.sh"))
 NGINX_IMAGE = os.environ.get("NGINX_IMAGE", "nginx:1.28-bookworm")
@@ -82,6 +83,11 @@ def test_compose_file_contract() -> None:
     assert isinstance(services, dict)
     app, nginx = services["app"], services["nginx"]
     assert "ports" not in app, "only Nginx publishes a port"
+    # Besides Nginx, only the monitoring profiles' UIs, which have no authentication:
+    # on the host's loopback, never on HTTP_BIND.
+    for name, service in services.items():
+        if name != "nginx":
+            assert all(str(p).startswith("127.0.0.1:") for p in service.get("ports", [])), name
     assert nginx["ports"] and nginx["depends_on"] == {"app": {"condition": "service_healthy"}}
     for service in (app, nginx):
         assert service["read_only"] is True
@@ -91,6 +97,10 @@ def test_compose_file_contract() -> None:
         assert {"mem_limit", "cpus", "pids_limit", "tmpfs"} <= set(service)
     assert any(v.endswith(":/models/default:ro") for v in app["volumes"])
     assert any(v.endswith(":/etc/nginx/nginx.conf:ro") for v in nginx["volumes"])
+    # Nginx runs under the loop that keeps its upstream on the ready replicas.
+    assert nginx["command"] == ["bash", "/etc/nginx/textclf-upstream.sh"]
+    loop = "./deploy/compose/nginx-upstream.sh:/etc/nginx/textclf-upstream.sh:ro"
+    assert loop in nginx["volumes"]
     assert str(app["user"]).split(":")[0] != "0"
     # stop_grace_period > the app's drain time (TEXTCLF_GRACEFUL_TIMEOUT_S default 15).
     grace = int(str(app["stop_grace_period"]).split(":-")[1].rstrip("}").rstrip("s"))
@@ -377,6 +387,52 @@ def test_gpu_override_reserves_a_gpu() -> None:
     assert set(app["environment"]) <= set(setting_env_names().values())
 
 
+def _per_gpu_override(gpus: int) -> str:
+    return run(["bash", "deploy/gpu/per-gpu.sh", str(gpus)]).stdout
+
+
+def test_per_gpu_override_pins_one_gpu_per_replica() -> None:
+    """deploy/gpu/per-gpu.sh: replica i reserves GPU i, answers to `app`, and has the GPU
+    settings of docker-compose.gpu.yml; Nginx starts after all of them."""
+    services = yaml.safe_load(_per_gpu_override(3))["services"]
+    gpu = _compose("docker-compose.gpu.yml")["services"]
+    assert isinstance(gpu, dict)
+    replicas = ["app", "app-gpu1", "app-gpu2"]
+    assert set(services) == {*replicas, "nginx"}
+    for index, name in enumerate(replicas):
+        service = services[name]
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device == {"driver": "nvidia", "device_ids": [str(index)], "capabilities": ["gpu"]}
+        for key in ("image", "environment", "mem_limit"):
+            assert service[key] == gpu["app"][key], (name, key)
+        assert service["build"]["args"] == gpu["app"]["build"]["args"]
+        if name != "app":
+            assert service["extends"] == {"file": "docker-compose.yml", "service": "app"}
+            assert service["networks"] == {"backend": {"aliases": ["app"]}}
+    healthy = {"condition": "service_healthy"}
+    assert services["nginx"]["depends_on"] == {"app-gpu1": healthy, "app-gpu2": healthy}
+
+
+def test_nginx_conf_spreads_over_replicas_and_retries_safely() -> None:
+    """The upstream contract for replicas (deploy/compose/replicas.sh relies on it)."""
+    conf = (REPO_ROOT / "nginx.conf").read_text()
+    assert "server app:8000 max_fails=1 fail_timeout=10s;" in conf
+    assert re.search(r"upstream textclf_app \{[^}]*keepalive 16;", conf)
+    (retry,) = re.findall(r"^\s*proxy_next_upstream ([^;]*);", conf, re.MULTILINE)
+    # Retried: connection errors and connect timeouts, POST included; never an HTTP status.
+    assert retry.split() == ["error", "timeout", "non_idempotent"]
+    assert "proxy_next_upstream_tries 3;" in conf and "proxy_next_upstream_timeout 5s;" in conf
+    assert "proxy_connect_timeout 3s;" in conf
+    # Every proxied location goes through the map whose default is textclf_app.
+    assert re.findall(r"proxy_pass ([^;]*);", conf) == ["http://$textclf_upstream"] * 3
+    assert re.search(r"map \$host \$textclf_upstream \{\s*default textclf_app;", conf)
+    # The files deploy/compose/nginx-upstream.sh writes while replicas load or leave.
+    for script in ("nginx-upstream.sh", "replicas.sh"):
+        text = (REPO_ROOT / "deploy/compose" / script).read_text()
+        assert "PIN_DIR=/tmp/textclf-upstream" in text, script
+    assert "/tmp/textclf-upstream/*.map" in conf and "/tmp/textclf-upstream/*.conf" in conf
+
+
 # ------------------------------------------------------------ with engine ---
 
 
@@ -446,6 +502,21 @@ def test_nginx_config_test_passes(engine: None) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "syntax is ok" in result.stderr and "test is successful" in result.stderr
+    # With the files deploy/compose/replicas.sh writes while a replica leaves.
+    pinned = (
+        "mkdir -p /tmp/textclf-upstream && printf 'upstream textclf_staying {\\n"
+        "server 127.0.0.2:8000 max_fails=1 fail_timeout=10s;\\nkeepalive 16;\\n}\\n'"
+        " >/tmp/textclf-upstream/staying.conf"
+        " && echo '~^ textclf_staying;' >/tmp/textclf-upstream/route.map && nginx -t"
+    )
+    result = run(
+        [
+            *_nginx_run("--rm", "--add-host", "app:127.0.0.1", name=f"{name}-pin"),
+            *(NGINX_IMAGE, "sh", "-c", pinned),
+        ],
+        check=False,
+    )
+    assert result.returncode == 0 and "test is successful" in result.stderr, result.stderr
 
 
 @pytest.fixture()
@@ -624,6 +695,27 @@ def test_build_context_is_small(engine: None, containers: list[str]) -> None:
     assert not leaked, leaked
 
 
+def _compose_runner(
+    files: list[str], env: dict[str, str]
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """docker-compose with these files and this environment: bounded, output captured, and a
+    failure left to the caller (teardown must run whatever happened)."""
+
+    def compose_run(*args: str) -> subprocess.CompletedProcess[str]:
+        options = [part for name in files for part in ("-f", name)]
+        return subprocess.run(
+            ["docker-compose", *options, *args],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    return compose_run
+
+
 @pytest.mark.e2e
 def test_gpu_override_as_the_engine_sees_it(engine: None) -> None:
     """docker-compose 1.29 turns the GPU reservation into an engine device request."""
@@ -633,18 +725,7 @@ def test_gpu_override_as_the_engine_sees_it(engine: None) -> None:
     # The CUDA image cannot be built here: the container is only created (never
     # started, there is no GPU) from the CPU image under the GPU image's name.
     env |= {"APP_GPU_IMAGE": image, "COMPOSE_PROJECT_NAME": f"textclf-gpu-{uuid.uuid4().hex[:6]}"}
-    compose = ["docker-compose", "-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml"]
-
-    def compose_run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*compose, *args],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+    compose_run = _compose_runner(["docker-compose.yml", "docker-compose.gpu.yml"], env)
 
     try:
         created = compose_run("up", "--no-start", "--no-build", "app")
@@ -659,6 +740,39 @@ def test_gpu_override_as_the_engine_sees_it(engine: None) -> None:
     assert request["Count"] == 1
     assert request["Capabilities"] == [["gpu"]]
     assert '"TEXTCLF_DEVICE=cuda"' in env_out
+
+
+@pytest.mark.e2e
+def test_per_gpu_override_as_the_engine_sees_it(engine: None) -> None:
+    """Each replica's container asks the engine for its own GPU, and answers to `app`."""
+    image = os.environ.get("APP_IMAGE", "textclf:cpu")
+    require(_image_present(image), f"{image} absent (build the stack first)")
+    # Beside docker-compose.yml: the override's `extends` names it relative to itself.
+    override = REPO_ROOT / f".docker-compose.gpus-{uuid.uuid4().hex[:6]}.yml"
+    override.write_text(_per_gpu_override(2))
+    env = {k: v for k, v in os.environ.items() if k != "COMPOSE_FILE"}
+    env |= {"APP_GPU_IMAGE": image, "COMPOSE_PROJECT_NAME": f"textclf-gpus-{uuid.uuid4().hex[:6]}"}
+    compose_run = _compose_runner(["docker-compose.yml", override.name], env)
+
+    seen: dict[str, tuple[list[str], list[str]]] = {}
+    try:
+        created = compose_run("up", "--no-start", "--no-build", "app", "app-gpu1")
+        assert created.returncode == 0, created.stderr
+        for service in ("app", "app-gpu1"):
+            container = compose_run("ps", "-q", service).stdout.strip()
+            template = "{{json .HostConfig.DeviceRequests}}\n{{json .NetworkSettings.Networks}}"
+            requests, networks = run(["docker", "inspect", "-f", template, container]).stdout.split(
+                "\n", 1
+            )
+            (request,) = json.loads(requests)
+            assert request["Driver"] == "nvidia" and request["Capabilities"] == [["gpu"]]
+            (backend,) = [v for k, v in json.loads(networks).items() if k.endswith("_backend")]
+            seen[service] = (request["DeviceIDs"], backend["Aliases"])
+    finally:
+        compose_run("down", "--remove-orphans", "--timeout", "5")
+        override.unlink()
+    assert seen["app"][0] == ["0"] and seen["app-gpu1"][0] == ["1"], seen
+    assert "app" in seen["app-gpu1"][1], seen
 
 
 # Runs inside the image: the settings exactly as the service would read them.
