@@ -11,7 +11,9 @@
 #   deploy/compose/replicas.sh marked as leaving (LEAVING file, one address per line);
 #   - any serving: an upstream of exactly those (PIN_DIR/*.conf + *.map, see nginx.conf), so
 #     Nginx never sends to a replica that is loading, draining or leaving;
-#   - none (all loading, or the script just started): no pin files, nginx.conf's
+#   - none, and the pinned ones are still there (one replica restarting or overloaded past the
+#     probe's timeout): the pin stays (no reload back and forth);
+#   - none otherwise (all loading, or the script just started): no pin files, nginx.conf's
 #     `textclf_app` resolves `app` itself; loading replicas answer 503 + Retry-After.
 #   A change reloads nginx; once the old workers have finished their requests, APPLIED
 #   holds the new state (replicas.sh waits on it).
@@ -74,10 +76,20 @@ current_state=""  # what nginx was last configured with
 draining_workers=""  # workers of the configuration before: requests still go where it said
 unapplied=""  # the state to write to APPLIED once those workers have exited
 
+pinned=()  # the addresses of the current pin, if any
+
 update() {
-    local resolved serving state pid
+    local resolved serving state pid address
     mapfile -t resolved < <(resolved_addresses)
     mapfile -t serving < <(serving_addresses "${resolved[@]}")
+    # None ready (overloaded past the probe's 2 s, or restarting) but the pinned ones are all
+    # still there: keep them rather than reload back and forth; they answer for themselves.
+    if ((${#serving[@]} == 0 && ${#pinned[@]})); then
+        serving=("${pinned[@]}")
+        for address in "${pinned[@]}"; do
+            printf '%s\n' "${resolved[@]}" | grep -qxF "${address}" || serving=()
+        done
+    fi
     state="serving ${serving[*]}"
     if [[ "${state}" != "${current_state}" ]]; then
         if ((${#serving[@]})); then
@@ -85,15 +97,18 @@ update() {
         else
             rm -f "${PIN_DIR}/staying.conf" "${PIN_DIR}/route.map"
         fi
-        if [[ -n "${current_state}" ]]; then
-            if ! nginx -t -q; then
-                log "nginx -t failed: not reloaded"
+        pinned=("${serving[@]}")
+        current_state="${state}"
+        if [[ -n "${nginx_pid}" ]]; then
+            # E.g. no replica at all (`app` resolves to nothing): nginx keeps its configuration
+            # until the next change.
+            if ! nginx -t -q 2>/dev/null; then
+                log "resolved ${resolved[*]:-nothing}; nginx -t fails: configuration kept"
                 return 0
             fi
             draining_workers="$(worker_pids)"
             nginx -s reload
         fi
-        current_state="${state}"
         unapplied="${state}"
         log "resolved ${resolved[*]}; ${state}"
     fi
@@ -107,6 +122,7 @@ update() {
 
 mkdir -p "${PIN_DIR}"
 rm -f "${PIN_DIR}/staying.conf" "${PIN_DIR}/route.map" "${APPLIED}"
+nginx_pid=""
 update
 nginx -g 'daemon off;' &
 nginx_pid=$!
