@@ -30,8 +30,10 @@ SERVER_OPTIONS="max_fails=1 fail_timeout=10s"
 
 log() { printf '%s [upstream] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 
+# Polled twice a second: few processes per round (getent and sort; a probe is timeout + bash).
 resolved_addresses() {
-    getent ahostsv4 "${APP_HOST}" | awk '{ print $1 }' | sort -u
+    local address _
+    getent ahostsv4 "${APP_HOST}" | while read -r address _; do printf '%s\n' "${address}"; done | sort -u
 }
 
 # /ready answers 200 within 2 s (bash's /dev/tcp: the image needs no HTTP client).
@@ -45,11 +47,13 @@ is_ready() {
 }
 
 serving_addresses() {
-    local address
+    local address leaving=()
+    [[ -f "${LEAVING}" ]] && mapfile -t leaving <"${LEAVING}"
     for address in "$@"; do
-        grep -qxF "${address}" "${LEAVING}" 2>/dev/null && continue
+        [[ " ${leaving[*]} " == *" ${address} "* ]] && continue
         is_ready "${address}" && printf '%s\n' "${address}"
     done
+    return 0
 }
 
 write_pin() {
@@ -87,7 +91,7 @@ update() {
     if ((${#serving[@]} == 0 && ${#pinned[@]})); then
         serving=("${pinned[@]}")
         for address in "${pinned[@]}"; do
-            printf '%s\n' "${resolved[@]}" | grep -qxF "${address}" || serving=()
+            [[ " ${resolved[*]} " == *" ${address} "* ]] || serving=()
         done
     fi
     state="serving ${serving[*]}"
@@ -137,7 +141,14 @@ trap 'forward TERM' TERM
 trap 'forward INT' INT
 
 # Running and not yet a zombie (kill -0 succeeds on a zombie).
-nginx_alive() { [[ -e "/proc/${nginx_pid}" ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/${nginx_pid}/status"; }
+nginx_alive() {
+    local line
+    [[ -r "/proc/${nginx_pid}/status" ]] || return 1
+    while read -r line; do
+        [[ "${line}" == State:* ]] && { [[ "${line}" != *zombie* ]]; return; }
+    done <"/proc/${nginx_pid}/status"
+    return 1
+}
 
 while ((!stopping)) && nginx_alive; do
     # `wait` returns at once when a signal arrives; a bare sleep would delay the trap.
