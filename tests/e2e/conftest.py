@@ -92,6 +92,28 @@ def compose_container_id(service: str) -> str:
     return out.splitlines()[0]
 
 
+def running_containers(service: str) -> list[str]:
+    """The running containers of a Compose service (several with `--scale`)."""
+    ids = run(["docker-compose", "ps", "-q", service], timeout=60).stdout.split()
+    if not ids:
+        return []
+    template = "{{.State.Running}} {{.Id}}"
+    states = run(["docker", "inspect", "-f", template, *ids], timeout=60).stdout.split("\n")
+    return [line.split()[1] for line in states if line.startswith("true ")]
+
+
+def backend_address(container: str) -> str:
+    """The container's address on the Compose `backend` network."""
+    template = (
+        "{{range $name, $net := .NetworkSettings.Networks}}{{$name}}={{$net.IPAddress}} {{end}}"
+    )
+    entries = run(["docker", "inspect", "-f", template, container], timeout=30).stdout.split()
+    (address,) = [
+        value for name, value in (e.split("=") for e in entries) if name.endswith("_backend")
+    ]
+    return address
+
+
 @pytest.fixture()
 def app_container(base_url: str) -> str:
     return compose_container_id("app")  # looked up per test: test_replicas.py replaces it

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from tests.e2e.conftest import requests_total, require, run
+from tests.e2e.conftest import backend_address, requests_total, require, run, running_containers
 from tests.test_monitoring import ALERTS, as_promql, dashboard_exprs, load_dashboard
 
 pytestmark = pytest.mark.e2e
@@ -63,27 +63,6 @@ def api(client: httpx.Client, path: str, **params: str) -> Any:
     return body["data"]
 
 
-def app_containers() -> list[str]:
-    ids = run(["docker-compose", "ps", "-q", "app"], timeout=60).stdout.split()
-    assert ids, "no app container"
-    return ids
-
-
-def backend_addresses(containers: list[str]) -> set[str]:
-    """Each container's address on the Compose `backend` network."""
-    template = (
-        "{{range $name, $net := .NetworkSettings.Networks}}{{$name}}={{$net.IPAddress}} {{end}}"
-    )
-    addresses = set()
-    for container in containers:
-        out = run(["docker", "inspect", "-f", template, container], timeout=30).stdout.split()
-        (address,) = [
-            entry.split("=")[1] for entry in out if entry.split("=")[0].endswith("_backend")
-        ]
-        addresses.add(address)
-    return addresses
-
-
 def test_published_on_loopback_only(prometheus: httpx.Client) -> None:
     out = run(["docker-compose", "port", "prometheus", "9090"], timeout=60).stdout.strip()
     assert out.startswith("127.0.0.1:"), out
@@ -92,7 +71,7 @@ def test_published_on_loopback_only(prometheus: httpx.Client) -> None:
 
 def test_every_app_replica_is_an_up_target(prometheus: httpx.Client) -> None:
     """Docker DNS gives Prometheus every app container; each is scraped on app:8000."""
-    expected = {f"{address}:8000" for address in backend_addresses(app_containers())}
+    expected = {f"{backend_address(c)}:8000" for c in running_containers("app")}
 
     def targets_up() -> set[str] | None:
         active = api(prometheus, "targets", state="active")["activeTargets"]
@@ -113,7 +92,8 @@ def test_request_counter_increases_in_prometheus(
 ) -> None:
     """/predict through Nginx: Prometheus' textclf_requests_total catches up with the apps'
     own count twice, and the second value exceeds the first by at least the requests sent."""
-    containers = app_containers()
+    containers = running_containers("app")
+    assert containers, "no app container"
     query = 'sum(textclf_requests_total{job="textclf", route="/predict"})'
 
     def predict(count: int) -> float:

@@ -10,6 +10,7 @@ again rather than reuse an id found before.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.e2e.conftest import requests_total, run
+from tests.e2e.conftest import backend_address, requests_total, run, running_containers
 
 pytestmark = pytest.mark.e2e
 
@@ -134,24 +135,6 @@ def _replicas(*args: str) -> None:
     run(["bash", REPLICAS, *args], timeout=PROCEDURE_TIMEOUT_S)
 
 
-def _running_app_containers() -> list[str]:
-    ids = run(["docker-compose", "ps", "-q", "app"], timeout=60).stdout.split()
-    running = []
-    for container in ids:
-        state = run(["docker", "inspect", "-f", "{{.State.Running}}", container]).stdout
-        if state.strip() == "true":
-            running.append(container)
-    return running
-
-
-def _nginx_running() -> bool:
-    ids = run(["docker-compose", "ps", "-q", "nginx"], timeout=60).stdout.split()
-    return any(
-        run(["docker", "inspect", "-f", "{{.State.Running}}", c]).stdout.strip() == "true"
-        for c in ids
-    )
-
-
 def _ready(base_url: str) -> None:
     for _ in range(60):  # bounded: 30 s
         try:
@@ -169,7 +152,7 @@ def _predict_counts(containers: list[str]) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def two_replicas(base_url: str) -> Iterator[str]:
-    was_stopped = not _nginx_running()
+    was_stopped = not running_containers("nginx")
     if was_stopped:
         run(["docker-compose", "up", "-d", "--no-recreate"], timeout=PROCEDURE_TIMEOUT_S)
     try:
@@ -178,14 +161,14 @@ def two_replicas(base_url: str) -> Iterator[str]:
         yield base_url
     finally:
         _replicas("scale", "1")
-        assert len(_running_app_containers()) == 1
+        assert len(running_containers("app")) == 1
         _ready(base_url)
         if was_stopped:
             run(["docker-compose", "stop"], timeout=120)
 
 
 def test_both_replicas_serve(two_replicas: str) -> None:
-    containers = _running_app_containers()
+    containers = running_containers("app")
     assert len(containers) == 2
     before = _predict_counts(containers)
     with SteadyLoad(two_replicas, STEADY_INTERVAL_S, limit_s=10) as load:
@@ -203,7 +186,7 @@ def test_both_replicas_serve(two_replicas: str) -> None:
 def test_killed_replica_loses_at_most_its_requests_in_flight(two_replicas: str) -> None:
     """`docker kill`: no restart (a manual stop), no answer from its address. Nginx retries
     what it had in flight elsewhere; the upstream loop drops the address within seconds."""
-    containers = _running_app_containers()
+    containers = running_containers("app")
     assert len(containers) == 2
     victim = containers[-1]
     # Batches of 16 (~0.1 s each here): the victim has requests in flight when it dies.
@@ -231,11 +214,11 @@ def test_killed_replica_loses_at_most_its_requests_in_flight(two_replicas: str) 
     assert len(failed_in_flight) <= WORKERS
     # The procedure brings the replica back (Compose starts the killed container).
     _replicas("scale", "2")
-    assert victim in _running_app_containers()
+    assert victim in running_containers("app")
 
 
 def test_rolling_replacement_fails_no_request(two_replicas: str) -> None:
-    old = set(_running_app_containers())
+    old = set(running_containers("app"))
     assert len(old) == 2
     started = time.monotonic()
     with SteadyLoad(two_replicas, ROLL_INTERVAL_S, limit_s=PROCEDURE_TIMEOUT_S) as load:
@@ -249,7 +232,7 @@ def test_rolling_replacement_fails_no_request(two_replicas: str) -> None:
         )
         time.sleep(2)
     took = time.monotonic() - started
-    new = _running_app_containers()
+    new = running_containers("app")
     print(  # noqa: T201
         f"\n[e2e replicas] rolling replacement of 2 replicas in {took:.0f} s: {load.summary()}"
     )
@@ -268,20 +251,16 @@ def test_rolling_replacement_fails_no_request(two_replicas: str) -> None:
     assert all(after[c] > before[c] for c in new), (before, after)
 
 
-def _address(container: str) -> str:
-    template = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
-    return run(["docker", "inspect", "-f", template, container]).stdout.split()[0]
-
-
 def test_a_replica_restarted_elsewhere_gets_traffic_again(two_replicas: str) -> None:
     """SIGKILL from the host (as the OOM killer would): the restart policy brings the replica
     back, at another address when a lower one is free (after the rolling replacement above,
     usually). Nginx alone would keep the old address forever; the upstream loop follows it,
     and sends it traffic only once it is ready."""
-    containers = _running_app_containers()
+    containers = running_containers("app")
     assert len(containers) == 2
-    victim = max(containers, key=_address)  # the highest address: likely to move
-    old_address = _address(victim)
+    # The highest address: the one likely to move (Docker hands out the lowest free one).
+    victim = max(containers, key=lambda c: ipaddress.ip_address(backend_address(c)))
+    old_address = backend_address(victim)
     restarts = int(run(["docker", "inspect", "-f", "{{.RestartCount}}", victim]).stdout)
     pid = int(run(["docker", "inspect", "-f", "{{.State.Pid}}", victim]).stdout)
     with SteadyLoad(two_replicas, STEADY_INTERVAL_S, limit_s=90) as load:
@@ -293,9 +272,9 @@ def test_a_replica_restarted_elsewhere_gets_traffic_again(two_replicas: str) -> 
         while time.monotonic() < deadline and not served_again:
             time.sleep(2)
             restarted = run(["docker", "inspect", "-f", "{{.RestartCount}}", victim]).stdout
-            if int(restarted) > restarts and victim in _running_app_containers():
+            if int(restarted) > restarts and victim in running_containers("app"):
                 served_again = requests_total(victim, "/predict") > 0
-    new_address = _address(victim)
+    new_address = backend_address(victim)
     print(  # noqa: T201
         f"\n[e2e replicas] SIGKILL, restarted at {old_address} -> {new_address}: {load.summary()}"
     )
