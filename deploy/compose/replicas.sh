@@ -75,17 +75,18 @@ wait_serving() {
     die "nginx did not switch to ${want% } within 60 s (docker logs $(nginx_id | cut -c1-12))"
 }
 
-serving_except() {
+# The addresses of the running replicas, except the one with id $1 (if given).
+addresses_except() {
     local id
     for id in $(running_replicas); do
-        [[ "${id}" == "$1" ]] || address_of "${id}"
+        [[ "${id}" == "${1:-}" ]] || address_of "${id}"
     done
 }
 
 retire() {
     local id="$1" address rest
     address="$(address_of "${id}")"
-    rest="$(serving_except "${id}")"
+    rest="$(addresses_except "${id}")"
     [[ -n "${rest}" ]] || die "no other replica would be left to serve: not retiring ${id:0:12}"
     log "retiring ${id:0:12} (${address})"
     # nginx-upstream.sh takes the address out of nginx first, then the replica drains.
@@ -115,7 +116,7 @@ scale() {
     if ((want >= have)); then
         "${COMPOSE[@]}" up -d --no-deps --no-recreate --scale "app=${want}" app >&2
         for id in $(running_replicas); do wait_healthy "${id}"; done
-        wait_serving "$(serving_except none)"
+        wait_serving "$(addresses_except)"
     fi
     # The newest leave first.
     while (($(running_replicas | wc -l) > want)); do
@@ -130,7 +131,7 @@ roll() {
     [[ -n "${old}" ]] || die "no replica running"
     for id in ${old}; do
         log "new replica $(add_replica | cut -c1-12) for ${id:0:12}"
-        wait_serving "$(serving_except none)"
+        wait_serving "$(addresses_except)"
         retire "${id}"
     done
     log "replaced $(wc -w <<<"${old}") replica(s)"
