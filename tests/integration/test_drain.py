@@ -27,6 +27,11 @@ GRACE_S = 8.0
 BODY_TIMEOUT_S = 3.0
 CLIENT_DEADLINE_S = 30.0
 PAUSE_S = 0.03  # the longest pause of a client between an answer and its next request
+# A drain closes idle keep-alive connections; a client that checked one just before the close
+# and sends on it right after sees it closed with no answer. Clients of an idempotent API retry
+# exactly this (RFC 9112 9.3.1; POST /predict is documented idempotent): so do these, and count.
+# At most this many per test: the close and the send must fall within microseconds.
+MAX_CLOSED_BEFORE_ANSWER = 2
 # A response read later than this after SIGTERM was written after it: it must say close.
 SIGNAL_DELIVERY_S = 0.25
 TEXTS = (
@@ -74,6 +79,7 @@ class LoadClient:
 
     def run(self) -> None:
         sock: socket.socket | None = None
+        reused = False  # an answer was read on this connection: a pool would reuse it
         deadline = time.monotonic() + CLIENT_DEADLINE_S
         sent = 0
         while time.monotonic() < deadline:
@@ -87,16 +93,22 @@ class LoadClient:
                 except ConnectionRefusedError:
                     self.outcomes["refused (listener closed)"] += 1
                     return
+                reused = False
+            reader = Client(sock)
             try:
                 sock.sendall(predict_request(TEXTS[(self.index + sent) % len(TEXTS)]))
-                sent += 1
-                answer = read_answer(sock)
+                answer = reader.answer()
             except (ClosedEarly, ConnectionError) as exc:
-                self.outcomes["lost"] += 1
-                self.problems.append(repr(exc))
+                if reused and self.sigterm_at and not reader.buffer:
+                    self.outcomes["closed before an answer, retried"] += 1
+                else:
+                    self.outcomes["lost"] += 1
+                    self.problems.append(repr(exc))
                 sock.close()
                 sock = None
                 continue
+            sent += 1
+            reused = True
             self._count(answer)
             if answer.headers.get("connection") == "close":
                 sock.close()
@@ -176,6 +188,7 @@ def test_sigterm_under_keep_alive_load_answers_every_request(
     assert exit_code == 0
     assert stopped_after_s < GRACE_S + 1
     assert outcomes["lost"] == 0, problems[:5]
+    assert outcomes["closed before an answer, retried"] <= MAX_CLOSED_BEFORE_ANSWER, outcomes
     assert outcomes["200"] > 0 and outcomes["503 draining"] > 0, outcomes
     answered = {"200", "503 draining"}
     assert {kind for kind in outcomes if kind[0].isdigit()} <= answered, outcomes
