@@ -48,28 +48,34 @@ class DrainingServer(uvicorn.Server):
         self.lifecycle = lifecycle
         self.guard = guard
         self.exit_code = 0
+        self._signalled = False
         self._drain_since: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().startup(sockets)
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()  # before uvicorn installs the signal handlers
+        await super().serve(sockets)
 
     def fail(self, reason: str) -> None:
         self.exit_code = EXIT_MODEL_FAILED
         self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain_since is not None:
+        # A signal handler runs between any two bytecodes of the main thread, even inside a
+        # log call writing to stderr (a log line here raised "reentrant call" and the drain
+        # never began): only set flags here, and start the drain from the event loop.
+        if self._signalled or self._loop is None:
             self.should_exit = True
-            self.force_exit = self._drain_since is not None
+            self.force_exit = self._signalled
             return
+        self._signalled = True
+        self._loop.call_soon_threadsafe(self._begin_drain, sig)
+
+    def _begin_drain(self, sig: int) -> None:
         logger.info("signal %d: draining (grace %.0f s)", sig, self.grace_s)
         self._drain_since = time.monotonic()
         self.lifecycle.begin_drain()
-        self.guard.draining = True
-        if self._loop is not None:  # the connections are the event loop's: act from there
-            self._loop.call_soon_threadsafe(self.guard.begin_drain, self.server_state.connections)
+        self.guard.begin_drain(self.server_state.connections)
 
     async def on_tick(self, counter: int) -> bool:
         if self._drain_since is not None and not self.should_exit:

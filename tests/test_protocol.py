@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import select
 import signal
@@ -275,6 +276,36 @@ def test_the_drain_closes_every_connection_after_its_response(
     assert busy.closed_by_server()
     running.thread.join(10)
     assert not running.thread.is_alive()
+
+
+def test_the_signal_handler_only_sets_flags_and_the_loop_drains(
+    serve: Callable[..., Running],
+) -> None:
+    """A signal handler runs between any two bytecodes of the main thread, even inside a log
+    call: one that logged there raised "reentrant call" on stderr and the drain never began.
+    Here the log handler is busy (its lock held by another thread) when the signal comes."""
+    running = serve()
+    handler = logging.StreamHandler(io.StringIO())
+    app_logger = logging.getLogger("app")
+    level = app_logger.level
+    app_logger.setLevel(logging.INFO)
+    app_logger.addHandler(handler)
+    handler.acquire()
+    try:
+        signalled = threading.Thread(target=running.drain, daemon=True)
+        signalled.start()
+        signalled.join(2)
+        assert not signalled.is_alive(), "the handler waited for a log handler"
+    finally:
+        handler.release()
+    try:
+        running.thread.join(10)
+        assert not running.thread.is_alive(), "the drain did not run"
+        assert "signal 15: draining" in handler.stream.getvalue()
+        assert running.server.lifecycle.phase.name == "DRAINING"
+    finally:
+        app_logger.removeHandler(handler)
+        app_logger.setLevel(level)
 
 
 def test_a_slow_upload_ends_with_503_when_the_grace_period_ends(
