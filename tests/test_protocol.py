@@ -194,9 +194,17 @@ def test_a_slow_body_gets_408_and_the_app_sees_a_hang_up(
         "textclf_rejections_total", {"reason": "client_gone"}
     )
     assert (gone or 0) == (gone_before or 0) + 1
-    # The answer carries the request's own id: the app's log line of the request has it too.
-    app_lines = [r for r in caplog.records if getattr(r, "status", None) == 499]
-    assert [getattr(r, "request_id", None) for r in app_lines] == [body["request_id"]]
+
+    # The answer carries the request's own id: the app's log line of the request has it too
+    # (written by the outermost middleware, after the metrics above: wait for it).
+    def app_lines() -> list[object]:
+        lines = [r for r in caplog.records if getattr(r, "status", None) == 499]
+        return [getattr(r, "request_id", None) for r in lines]
+
+    deadline = time.monotonic() + 3
+    while not app_lines() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert app_lines() == [body["request_id"]]
 
 
 def test_a_connection_beyond_the_cap_gets_503(serve: Callable[..., Running]) -> None:
