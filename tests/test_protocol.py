@@ -81,6 +81,13 @@ def serve(
         assert not running.thread.is_alive()
 
 
+def wait_until(done: Callable[[], object], within_s: float) -> None:
+    """Poll until `done()` is true or `within_s` has passed; the caller asserts what it needs."""
+    deadline = time.monotonic() + within_s
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def assert_json_error(answer: Answer, status: int, error_type: str) -> dict[str, Any]:
     assert answer.status == status, answer
     assert answer.headers["content-type"] == "application/json"
@@ -186,9 +193,7 @@ def test_a_slow_body_gets_408_and_the_app_sees_a_hang_up(
         body = assert_json_error(answer, 408, "request_timeout")
         assert "body" in body["error"]
         assert sock.closed_by_server()
-    deadline = time.monotonic() + 3
-    while running.in_flight() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: running.in_flight() == 0, within_s=3)
     assert running.in_flight() == 0
     gone = running.metrics.registry.get_sample_value(
         "textclf_rejections_total", {"reason": "client_gone"}
@@ -201,9 +206,7 @@ def test_a_slow_body_gets_408_and_the_app_sees_a_hang_up(
         lines = [r for r in caplog.records if getattr(r, "status", None) == 499]
         return [getattr(r, "request_id", None) for r in lines]
 
-    deadline = time.monotonic() + 3
-    while not app_lines() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(app_lines, within_s=3)
     assert app_lines() == [body["request_id"]]
 
 
@@ -268,9 +271,7 @@ def test_the_drain_closes_every_connection_after_its_response(
     fake.gate = threading.Event()
     busy = running.connect()
     busy.send(predict_request())
-    deadline = time.monotonic() + 5
-    while running.in_flight() == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(running.in_flight, within_s=5)
 
     running.drain()
     assert idle.closed_by_server(within_s=1), "an idle keep-alive connection closes at once"
@@ -322,9 +323,7 @@ def test_a_slow_upload_ends_with_503_when_the_grace_period_ends(
     running = serve(graceful_timeout_s=1, body_timeout_s=30)
     with running.connect() as sock:
         sock.send(predict_request(PREDICT_BODY[:5], length=len(PREDICT_BODY)))
-        deadline = time.monotonic() + 5
-        while running.in_flight() == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(running.in_flight, within_s=5)
         started = time.monotonic()
         running.drain()
         sock.send(PREDICT_BODY[5:8])  # still uploading
